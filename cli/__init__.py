@@ -1,0 +1,1 @@
+"""The `xmodal` command line: parse, call one library function, print."""

@@ -1,0 +1,161 @@
+"""The `xmodal` command line. Imports stay light here: decode workers are spawned processes that
+re-import this module, and `xmodal errors` should not wait for torch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli import output
+from cli.errors import EXIT_USAGE, fail, translate_errors
+
+app = typer.Typer(
+    name="xmodal",
+    help="Cross-modal search: index folders of images and sounds, search them with words, pictures or sounds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Target(str, Enum):
+    image = "image"
+    audio = "audio"
+    all = "all"
+
+
+DbOption = typer.Option(None, "--db", envvar="XMODAL_DB", help="Collection directory [default: ~/.local/share/xmodal/default].")
+ModelOption = typer.Option(None, "--model", "-m", envvar="XMODAL_MODEL",
+                           help="Model spec: starter, ARCH:PRETRAINED (open_clip) or a model directory. "
+                                "Default: the model the collection was built with; ViT-B-32:laion2b_s34b_b79k for a new one.")
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _settings(db: Optional[Path], model: Optional[str] = None, **overrides):
+    from retrieval.settings import load_settings
+
+    return load_settings(db=db, model=model, **overrides)
+
+
+@app.command()
+@translate_errors
+def index(
+    paths: list[Path] = typer.Argument(..., help="Folders (or files) to index, recursively."),
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = ModelOption,
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, envvar="XMODAL_WORKERS",
+                                          help="Decode processes [default: cores - 1]."),
+    as_json: bool = JsonOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Index images and sounds under PATHS: new and changed files are encoded, renamed ones keep
+    their vectors, deleted ones are removed. Bad files are skipped and recorded (`xmodal errors`)."""
+    from retrieval.compose import run_index
+
+    settings = _settings(db, model, workers=workers)
+    with output.progress_bar("indexing", enabled=not quiet) as progress:
+        summary = run_index(settings, paths, progress)
+    if as_json:
+        output.print_json(summary.to_dict())
+    else:
+        output.print_index_summary(summary)
+
+
+@app.command()
+@translate_errors
+def search(
+    text: Optional[str] = typer.Argument(None, help="A text query."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Search with this image file."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="Search with this sound file."),
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = ModelOption,
+    k: int = typer.Option(10, "-k", "--top", min=1, max=1000, help="How many results."),
+    modality: Target = typer.Option(Target.all, "--modality", help="What to search among."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Search the collection with TEXT, --image FILE or --audio FILE."""
+    given = [name for name, value in (("TEXT", text), ("--image", image), ("--audio", audio)) if value is not None]
+    if len(given) != 1:
+        raise fail("give exactly one query: TEXT, --image FILE or --audio FILE", EXIT_USAGE)
+    from retrieval.compose import build_engine
+
+    engine = build_engine(_settings(db, model))
+    try:
+        if text is not None:
+            result = engine.search_text(text, k, modality.value)
+        elif image is not None:
+            result = engine.search_file(image, "image", k, modality.value)
+        else:
+            result = engine.search_file(audio, "audio", k, modality.value)
+    finally:
+        engine.close()
+    if as_json:
+        output.print_json(result.to_dict())
+    else:
+        output.print_search(result)
+
+
+@app.command()
+@translate_errors
+def info(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
+    """Model, counts per modality, index specs, size on disk and error count of a collection."""
+    from retrieval.compose import collection_info
+
+    details = collection_info(_settings(db))
+    if as_json:
+        output.print_json(details.to_dict())
+        return
+    rows = [
+        ("collection", details.db_dir),
+        ("model", f"{details.model} (dim {details.dim})"),
+        ("images", f"{details.items['image']} items, {details.vectors['image']} vectors"),
+        ("sounds", f"{details.items['audio']} items, {details.vectors['audio']} vectors (pooled + windows)"),
+        ("indexes", ", ".join(f"{m}: {spec}" for m, spec in details.index_specs.items()) or "not built yet"),
+        ("generation", f"{details.generation}" + ("" if details.index_current else " (stale: rebuilt on next use)")),
+        ("size on disk", output.format_bytes(details.disk_bytes)),
+        ("errors", f"{details.errors} files skipped (see `xmodal errors`)"),
+    ]
+    for name, value in rows:
+        output.stdout.print(f"{name:>13}  {value}", highlight=False)
+
+
+@app.command()
+@translate_errors
+def errors(
+    db: Optional[Path] = DbOption,
+    error_class: Optional[str] = typer.Option(None, "--class", help="Only this class, e.g. CORRUPT."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The error ledger: files that were skipped, why, and when they were first and last seen."""
+    from retrieval.compose import list_errors
+
+    records = list_errors(_settings(db), error_class.upper() if error_class else None)
+    if as_json:
+        output.print_json([vars(r) for r in records])
+        return
+    if not records:
+        output.stdout.print("no skipped files")
+        return
+    for record in records:
+        seen = datetime.fromtimestamp(record.last_seen).strftime("%Y-%m-%d %H:%M")
+        output.stdout.print(f"{record.error_class:<11} {seen}  {record.path}: {record.message}", highlight=False)
+
+
+def _register_groups() -> None:
+    from cli import bench, data, models
+
+    app.add_typer(models.model_app, name="model")
+    app.command("models")(models.list_models)
+    app.add_typer(data.data_app, name="data")
+    app.add_typer(bench.bench_app, name="bench")
+
+
+_register_groups()
+
+
+def run() -> None:
+    app()

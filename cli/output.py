@@ -1,0 +1,81 @@
+"""Tables, JSON and progress bars. Results go to stdout; progress and messages to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.table import Table
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def format_seconds(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}"
+
+
+def format_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool):
+    """A progress callback (done, total) drawing files/s and ETA on a terminal; silent otherwise."""
+    if not enabled or not stderr.is_terminal:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            speed = progress.tasks[0].speed
+            progress.update(task, completed=done, total=total, rate=f"{speed:.1f} files/s" if speed else "")
+
+        yield update
+
+
+def print_search(result) -> None:
+    if not result.results:
+        stdout.print("no results (the collection has nothing of the requested modality)")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (("rank", "right"), ("score", "right"), ("modality", "left"), ("path", "left"),
+                          ("segment", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for rank, hit in enumerate(result.results, 1):
+        segment = f"{format_seconds(hit.segment[0])}-{format_seconds(hit.segment[1])}" if hit.segment else ""
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, hit.path, segment)
+    stdout.print(table)
+
+
+def print_index_summary(summary, max_failures: int = 20) -> None:
+    rate = f"{summary.rate:.1f} files/s" if summary.processed else "nothing to read"
+    stdout.print(f"indexed {', '.join(summary.roots)} in {summary.seconds:.1f} s ({rate})")
+    stdout.print(
+        f"  new {summary.new}, updated {summary.updated}, renamed {summary.renamed}, removed {summary.removed}, "
+        f"unchanged {summary.unchanged}, not media {summary.ignored}"
+    )
+    if summary.failures:
+        by_class = ", ".join(f"{name} {count}" for name, count in summary.skipped.items())
+        stdout.print(f"  skipped {len(summary.failures)}: {by_class}")
+        for failure in summary.failures[:max_failures]:
+            stdout.print(f"    {failure.error_class:<11} {failure.path}: {failure.message}", highlight=False)
+        if len(summary.failures) > max_failures:
+            stdout.print(f"    ... and {len(summary.failures) - max_failures} more (see `xmodal errors`)")

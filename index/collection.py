@@ -1,0 +1,277 @@
+"""A collection is one database directory: the SQLite store, one FAISS index per modality, and the
+manifest of the current index generation.
+
+    DB_DIR/xmodal.sqlite3          items, vectors, error ledger (source of truth)
+    DB_DIR/manifest.json           encoder, generation, store version, index checksums
+    DB_DIR/indexes/image.000007.faiss
+    DB_DIR/writer.lock             held by the one process that writes
+
+A writer saves each generation under new file names and then swaps the manifest, so a reader
+that loaded generation 6 keeps searching it while generation 7 is written. The previous
+generation's files are kept one round so a reader between "read manifest" and "open file" finds
+them. When the store has moved on since the manifest (a writer was killed before saving, or a file
+fails its checksum), the indexes are rebuilt from the stored vectors, never by re-encoding media.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from index.atomic import sha256_file
+from index.errors import EncoderMismatchError, IndexCorruptError, StoreError
+from index.lock import WriterLock, is_locked
+from index.manifest import EncoderIdentity, IndexFile, Manifest, load_manifest, save_manifest
+from index.records import MODALITIES, VectorChanges
+from index.store import Store
+from index.vector_index import DEFAULT_SPEC, VectorIndex
+
+STORE_NAME = "xmodal.sqlite3"
+INDEX_DIR = "indexes"
+
+
+@dataclass(frozen=True)
+class LoadStatus:
+    """How the indexes were obtained: 'loaded', 'rebuilt' or 'stale' (a writer is still working)."""
+
+    state: str
+    reason: str = ""
+
+
+def read_encoder_identity(db_dir: Path) -> EncoderIdentity | None:
+    """The encoder a database was built with, or None for a new or empty one."""
+    path = Path(db_dir) / STORE_NAME
+    if not path.exists():
+        return None
+    store = Store.open(path, readonly=True)
+    try:
+        return _stored_identity(store)
+    finally:
+        store.close()
+
+
+def _stored_identity(store: Store) -> EncoderIdentity | None:
+    spec = store.get_meta("encoder_spec")
+    if spec is None:
+        return None
+    return EncoderIdentity(spec, store.get_meta("encoder_fingerprint") or "", int(store.get_meta("dim") or 0))
+
+
+def _check_identity(stored: EncoderIdentity, requested: EncoderIdentity, db_dir: Path) -> None:
+    if stored.fingerprint != requested.fingerprint or stored.dim != requested.dim:
+        raise EncoderMismatchError(
+            f"index in {db_dir} was built with {stored.spec}, dim {stored.dim}; you asked for "
+            f"{requested.spec}, dim {requested.dim}. Search it without --model, or index into another --db"
+        )
+
+
+class Collection:
+    """Store plus in-memory indexes of one database directory."""
+
+    def __init__(self, db_dir: Path, store: Store, encoder: EncoderIdentity, index_spec: str) -> None:
+        self.db_dir = db_dir
+        self.store = store
+        self.encoder = encoder
+        self.index_spec = index_spec
+        self.indexes: dict[str, VectorIndex] = {}
+        self.generation = 0
+        self.built_from_version = -1
+        self.status = LoadStatus("empty")
+        self._swap_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        db_dir: Path,
+        encoder: EncoderIdentity | None,
+        *,
+        writable: bool,
+        index_spec: str = DEFAULT_SPEC,
+    ) -> Collection:
+        """Open a database directory and load (or rebuild) its indexes.
+
+        Args:
+            encoder: the identity of the encoder the caller will use; None for readers that take
+                whatever the database was built with. Writers record it on first use.
+            writable: the caller holds the writer lock and may save generations.
+
+        Raises:
+            EncoderMismatchError: the database was built with a different encoder.
+            StoreError, DatabaseCorruptError: the database cannot be opened.
+        """
+        db_dir = Path(db_dir).absolute()
+        if writable:
+            db_dir.mkdir(parents=True, exist_ok=True)
+            (db_dir / INDEX_DIR).mkdir(exist_ok=True)
+        store = Store.open(db_dir / STORE_NAME, readonly=not writable)
+        try:
+            stored = _stored_identity(store)
+            if stored is None and encoder is None:
+                raise StoreError(f"collection {db_dir} is empty: index a folder into it first")
+            if stored is not None and encoder is not None:
+                _check_identity(stored, encoder, db_dir)
+            if stored is None:
+                store.set_meta({"encoder_spec": encoder.spec, "encoder_fingerprint": encoder.fingerprint,
+                                "dim": str(encoder.dim)})
+            collection = cls(db_dir, store, stored or encoder, index_spec)
+            collection.load_indexes(repair=writable)
+        except BaseException:
+            store.close()
+            raise
+        return collection
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- loading and rebuilding
+
+    def load_indexes(self, repair: bool) -> LoadStatus:
+        """Load the current generation, or rebuild from the store when it is missing, corrupt or stale.
+
+        A reader that finds a stale index while a writer holds the lock keeps the old generation
+        (the writer will save a newer one); with no writer alive it rebuilds in memory and, if it
+        can take the lock itself, saves the repaired generation for everyone.
+        """
+        manifest = load_manifest(self.db_dir)
+        version = self.store.store_version
+        reason = ""
+        if manifest is None:
+            reason = "no index files yet" if version == 0 else "manifest missing or unreadable"
+        elif manifest.encoder.fingerprint != self.encoder.fingerprint:
+            reason = "manifest names another encoder"
+        else:
+            try:
+                indexes = self._read_generation(manifest)
+            except (IndexCorruptError, OSError, RuntimeError) as error:
+                reason = f"index files unusable ({error})"
+            else:
+                if manifest.store_version == version:
+                    self._install(indexes, manifest.generation, manifest.store_version)
+                    self.status = LoadStatus("loaded")
+                    return self.status
+                if is_locked(self.db_dir) and not repair:
+                    self._install(indexes, manifest.generation, manifest.store_version)
+                    self.status = LoadStatus("stale", "a writer is indexing; searching the last saved generation")
+                    return self.status
+                reason = f"store changed since generation {manifest.generation} was saved"
+        self.rebuild()
+        self.status = LoadStatus("rebuilt", reason)
+        if version and not repair:
+            self._save_if_unlocked()
+        elif version and repair:
+            self.save_generation()
+        return self.status
+
+    def _read_generation(self, manifest: Manifest) -> dict[str, VectorIndex]:
+        indexes = {}
+        for modality in MODALITIES:
+            entry = manifest.indexes.get(modality)
+            if entry is None:
+                raise IndexCorruptError(f"manifest has no {modality} index")
+            path = self.db_dir / INDEX_DIR / entry.file
+            if sha256_file(path) != entry.sha256:
+                raise IndexCorruptError(f"{path.name} does not match its checksum")
+            index = VectorIndex.load(path, entry.spec)
+            if index.count != entry.count or index.dim != self.encoder.dim:
+                raise IndexCorruptError(f"{path.name} holds {index.count} vectors, manifest says {entry.count}")
+            indexes[modality] = index
+        return indexes
+
+    def rebuild(self) -> None:
+        """Rebuild every index in memory from the vectors in the store."""
+        version = self.store.store_version
+        indexes = {}
+        for modality in MODALITIES:
+            index = VectorIndex.create(self.encoder.dim, self.index_spec)
+            for ids, vectors in self.store.iter_vectors(modality, self.encoder.dim):
+                index.add(ids, vectors)
+            indexes[modality] = index
+        self._install(indexes, self.generation, version)
+
+    def _install(self, indexes: dict[str, VectorIndex], generation: int, version: int) -> None:
+        with self._swap_lock:
+            self.indexes = indexes
+            self.generation = generation
+            self.built_from_version = version
+
+    def _save_if_unlocked(self) -> None:
+        lock = WriterLock(self.db_dir)
+        try:
+            lock.acquire()
+        except (StoreError, OSError):
+            return  # read-only directory or a writer appeared: keep the in-memory rebuild
+        try:
+            self.save_generation()
+        finally:
+            lock.release()
+
+    # ---------------------------------------------------------------- writing
+
+    def apply(self, changes: VectorChanges) -> None:
+        """Bring the in-memory indexes in step with a committed store transaction."""
+        for modality in MODALITIES:
+            index = self.indexes[modality]
+            index.remove(changes.removed_ids[modality])
+            ids, vectors = changes.added(modality, self.encoder.dim)
+            index.add(ids, vectors)
+        self.built_from_version = self.store.store_version
+
+    def save_generation(self) -> Manifest:
+        """Write the in-memory indexes as a new generation and make it current (atomically)."""
+        previous = load_manifest(self.db_dir)
+        generation = max(self.generation, previous.generation if previous else 0) + 1
+        entries = {}
+        for modality, index in self.indexes.items():
+            name = f"{modality}.{generation:06d}.faiss"
+            path = self.db_dir / INDEX_DIR / name
+            index.save(path)
+            entries[modality] = IndexFile(modality, index.spec, name, index.count, sha256_file(path),
+                                          path.stat().st_size)
+        manifest = Manifest(self.encoder, generation, self.built_from_version, entries)
+        save_manifest(self.db_dir, manifest)
+        self.generation = generation
+        self._prune(keep={generation, previous.generation if previous else generation})
+        return manifest
+
+    def _prune(self, keep: set[int]) -> None:
+        for path in (self.db_dir / INDEX_DIR).glob("*.faiss"):
+            parts = path.name.split(".")
+            if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) not in keep:
+                path.unlink(missing_ok=True)
+        for path in (self.db_dir / INDEX_DIR).glob(".*.tmp"):
+            path.unlink(missing_ok=True)  # left by a writer killed mid-save
+
+    # ---------------------------------------------------------------- reading
+
+    def refresh(self) -> bool:
+        """Load a newer generation if a writer saved one; in-flight searches finish on the old."""
+        manifest = load_manifest(self.db_dir)
+        if manifest is None or manifest.generation <= self.generation:
+            return False
+        try:
+            indexes = self._read_generation(manifest)
+        except (IndexCorruptError, OSError, RuntimeError):
+            return False
+        self._install(indexes, manifest.generation, manifest.store_version)
+        return True
+
+    def search(self, modality: str, queries, k: int):
+        """(scores (m, k), vector ids (m, k)) from one modality's index."""
+        index = self.indexes[modality]  # one reference read: a concurrent swap cannot tear it
+        return index.search(queries, k)
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for root, _dirs, files in os.walk(self.db_dir):
+            total += sum(os.path.getsize(os.path.join(root, name)) for name in files)
+        return total

@@ -1,0 +1,143 @@
+"""The composition root: the one place that wires encoders, collections and (later) generators,
+for both the CLI and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from index.collection import STORE_NAME, Collection, read_encoder_identity
+from index.errors import StoreError
+from index.lock import WriterLock
+from index.manifest import load_manifest
+from index.records import ErrorRecord
+from index.store import Store
+from retrieval.engine import SearchEngine
+from retrieval.indexing.pipeline import IndexOptions, ProgressCallback, default_workers, index_paths
+from retrieval.indexing.summary import IndexSummary
+from retrieval.indexing.walk import resolve_roots
+from retrieval.settings import Settings
+
+
+def _model_spec(settings: Settings) -> str:
+    """The requested model, else the one the database was built with, else the default."""
+    from retrieval.encoders.factory import DEFAULT_MODEL
+
+    if settings.model:
+        return settings.model
+    stored = read_encoder_identity(settings.db_dir)
+    return stored.spec if stored else DEFAULT_MODEL
+
+
+def build_engine(settings: Settings) -> SearchEngine:
+    """A search engine over an existing collection (read-only; a writer may work meanwhile).
+
+    Raises:
+        StoreError: no collection at `settings.db_dir`.
+        EncoderMismatchError, ModelNotFoundError, ModelLoadError.
+    """
+    from retrieval.encoders.factory import create_encoder
+
+    if read_encoder_identity(settings.db_dir) is None:
+        raise StoreError(f"no collection at {settings.db_dir} (run `xmodal index FOLDER --db {settings.db_dir}` first)")
+    encoder = create_encoder(_model_spec(settings), settings.device, settings.batch_size)
+    collection = Collection.open(settings.db_dir, encoder.identity, writable=False)
+    return SearchEngine(encoder, collection, settings.limits)
+
+
+def run_index(settings: Settings, paths: list[Path], progress: ProgressCallback | None = None) -> IndexSummary:
+    """Index `paths` into the collection, holding its writer lock for the whole run.
+
+    Raises:
+        DatabaseLockedError: another process is writing (checked before the model loads).
+        QueryError: a path does not exist. Model and storage errors as in build_engine.
+    """
+    from retrieval.encoders.factory import create_encoder
+
+    roots = resolve_roots(paths)
+    settings.db_dir.mkdir(parents=True, exist_ok=True)
+    with WriterLock(settings.db_dir):
+        encoder = create_encoder(_model_spec(settings), settings.device, settings.batch_size)
+        collection = Collection.open(settings.db_dir, encoder.identity, writable=True)
+        options = IndexOptions(workers=settings.workers or default_workers(), batch_size=settings.batch_size,
+                               limits=settings.limits, exclude=[str(settings.db_dir)])
+        try:
+            summary = index_paths(roots, collection, encoder, options, progress)
+            summary.index_status = collection.status.state
+            _save_if_stale(collection)
+        except KeyboardInterrupt:
+            _save_if_stale(collection)  # what was committed becomes searchable at once
+            raise
+        finally:
+            collection.close()
+    return summary
+
+
+def _save_if_stale(collection: Collection) -> None:
+    manifest = load_manifest(collection.db_dir)
+    if manifest is None or manifest.store_version != collection.built_from_version:
+        collection.save_generation()
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    db_dir: str
+    model: str
+    fingerprint: str
+    dim: int
+    items: dict[str, int]
+    vectors: dict[str, int]
+    index_specs: dict[str, str]
+    generation: int
+    store_version: int
+    index_current: bool
+    disk_bytes: int
+    errors: int
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def _open_store(db_dir: Path) -> Store:
+    return Store.open(Path(db_dir) / STORE_NAME, readonly=True)
+
+
+def collection_info(settings: Settings) -> CollectionInfo:
+    """Model, counts, index specs, size on disk and error count, without loading the model."""
+    identity = read_encoder_identity(settings.db_dir)
+    if identity is None:
+        raise StoreError(f"no collection at {settings.db_dir} (run `xmodal index FOLDER --db {settings.db_dir}` first)")
+    store = _open_store(settings.db_dir)
+    try:
+        counts = store.counts()
+        version = store.store_version
+        errors = store.error_count()
+    finally:
+        store.close()
+    manifest = load_manifest(settings.db_dir)
+    size = sum(p.stat().st_size for p in Path(settings.db_dir).rglob("*") if p.is_file())
+    return CollectionInfo(
+        db_dir=str(Path(settings.db_dir).absolute()),
+        model=identity.spec,
+        fingerprint=identity.fingerprint,
+        dim=identity.dim,
+        items={m: c["items"] for m, c in counts.items()},
+        vectors={m: c["vectors"] for m, c in counts.items()},
+        index_specs={m: e.spec for m, e in manifest.indexes.items()} if manifest else {},
+        generation=manifest.generation if manifest else 0,
+        store_version=version,
+        index_current=bool(manifest and manifest.store_version == version),
+        disk_bytes=size,
+        errors=errors,
+    )
+
+
+def list_errors(settings: Settings, error_class: str | None = None) -> list[ErrorRecord]:
+    """The error ledger of a collection."""
+    if not (Path(settings.db_dir) / STORE_NAME).exists():
+        raise StoreError(f"no collection at {settings.db_dir}")
+    store = _open_store(settings.db_dir)
+    try:
+        return store.list_errors(error_class)
+    finally:
+        store.close()

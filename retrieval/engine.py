@@ -1,0 +1,149 @@
+"""The search engine: a query (text, image or audio) -> encoder -> index search -> ranked items.
+
+An audio item has several vectors (pooled plus one per window), so raw neighbours are grouped by
+item, keeping the best-scoring vector and its time range; deleted ids (an older index generation
+while a writer works) resolve to nothing and are dropped; the search widens until k distinct items
+are found or the index is exhausted. Results never hold FAISS's -1 padding.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index.collection import Collection
+from index.records import MODALITIES
+from retrieval.errors import QueryError
+from retrieval.indexing.prepare import decode_media, read_file
+from retrieval.media.errors import MediaError
+from retrieval.media.limits import MediaLimits
+
+if TYPE_CHECKING:
+    from retrieval.encoders.model import Encoder
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 2000
+TARGETS = ("image", "audio", "all")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: int  # item id in the store
+    path: str
+    modality: str
+    score: float  # cosine similarity, -1..1
+    segment: tuple[float, float] | None  # time range of the best-matching window, for audio
+
+    def to_dict(self) -> dict:
+        segment = {"start": self.segment[0], "end": self.segment[1]} if self.segment else None
+        return {"id": self.id, "path": self.path, "modality": self.modality,
+                "score": round(self.score, 6), "segment": segment}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query_kind: str  # "text" | "image" | "audio"
+    query_value: str
+    results: list[SearchHit]
+
+    def to_dict(self) -> dict:
+        return {"query": {"kind": self.query_kind, "value": self.query_value},
+                "results": [hit.to_dict() for hit in self.results]}
+
+
+def check_k(k: int) -> int:
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+    return k
+
+
+class SearchEngine:
+    """Answers queries against one collection with the encoder that built it."""
+
+    def __init__(self, encoder: Encoder, collection: Collection, limits: MediaLimits | None = None) -> None:
+        self.encoder = encoder
+        self.collection = collection
+        self.limits = limits or MediaLimits()
+
+    def close(self) -> None:
+        self.collection.close()
+
+    # ---------------------------------------------------------------- queries
+
+    def search_text(self, text: str, k: int = 10, modality: str = "all") -> SearchResult:
+        text = text.strip()
+        if not text:
+            raise QueryError("the text query is empty")
+        if len(text) > MAX_QUERY_CHARS:
+            raise QueryError(f"the text query is longer than {MAX_QUERY_CHARS} characters")
+        vector = self.encoder.encode_text([text])[0]
+        return SearchResult("text", text, self.search_vector(vector, k, modality))
+
+    def search_file(self, path: str | Path, expected: str, k: int = 10, modality: str = "all") -> SearchResult:
+        """Search with an image or audio file, decoded exactly as indexing decodes it.
+
+        Raises:
+            QueryError: the file is unreadable, not media, or not of the `expected` modality.
+        """
+        try:
+            data, _info = read_file(str(path), self.limits)
+            decoded = decode_media(data, str(path), self.encoder.inputs, self.limits)
+        except MediaError as error:
+            raise QueryError(f"cannot use {path} as a query: {error}") from None
+        if decoded is None:
+            raise QueryError(f"{path} is not an image or a sound")
+        if decoded.info.modality != expected:
+            flag = "--audio" if decoded.info.modality == "audio" else "--image"
+            raise QueryError(f"{path} is {decoded.info.modality}, not {expected}; use {flag}")
+        vector = self.embed_decoded(decoded)
+        return SearchResult(expected, str(path), self.search_vector(vector, k, modality))
+
+    def embed_decoded(self, decoded) -> np.ndarray:
+        if decoded.info.modality == "image":
+            return self.encoder.encode_pixels(decoded.pixels[None])[0]
+        return self.encoder.embed_log_mels([decoded.log_mel], [decoded.info.duration])[0].pooled
+
+    # ---------------------------------------------------------------- core
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str = "all") -> list[SearchHit]:
+        """The k best items for a query vector (dim,), across one modality or both."""
+        check_k(k)
+        if modality not in TARGETS:
+            raise QueryError(f"modality must be one of {', '.join(TARGETS)}, got {modality!r}")
+        targets = MODALITIES if modality == "all" else (modality,)
+        hits = [hit for target in targets for hit in self._search_one(vector, k, target)]
+        hits.sort(key=lambda hit: (-hit.score, hit.id))
+        return hits[:k]
+
+    def _search_one(self, vector: np.ndarray, k: int, modality: str) -> list[SearchHit]:
+        index = self.collection.indexes[modality]
+        total = index.count
+        if total == 0:
+            return []
+        fetch = min(total, k if modality == "image" else 4 * k)
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        while True:
+            scores, ids = index.search(query, fetch)
+            best = self._group(scores[0], ids[0])
+            if len(best) >= k or fetch >= total:
+                return sorted(best.values(), key=lambda hit: (-hit.score, hit.id))[:k]
+            fetch = min(total, fetch * 4)
+
+    def _group(self, scores: np.ndarray, ids: np.ndarray) -> dict[int, SearchHit]:
+        valid = ids >= 0
+        resolved = self.collection.store.resolve_vectors(ids[valid].tolist())
+        best: dict[int, SearchHit] = {}
+        for score, vector_id in zip(scores[valid].tolist(), ids[valid].tolist()):
+            found = resolved.get(vector_id)
+            if found is None:
+                continue  # deleted since this index generation was saved
+            item = found.item
+            if item.id in best and best[item.id].score >= score:
+                continue
+            segment = (found.start, found.end) if found.start is not None else None
+            best[item.id] = SearchHit(item.id, item.path, item.modality, float(score), segment)
+        return best

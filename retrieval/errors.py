@@ -1,0 +1,19 @@
+"""Typed errors of the retrieval layer; `cli/` and `api/` turn them into one line or an HTTP status."""
+
+from __future__ import annotations
+
+
+class ModelNotFoundError(LookupError):
+    """The model spec names nothing that exists (the message lists what does)."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model exists but cannot be loaded: damaged or mismatched weights, a refused pickle."""
+
+
+class WeightsUnavailableError(ModelLoadError):
+    """Pretrained weights are not cached and cannot be downloaded (offline)."""
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as given (empty text, bad k, unreadable query file)."""

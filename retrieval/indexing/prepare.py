@@ -1,0 +1,120 @@
+"""Turn one file into what the encoder needs, in a worker process: read once, sniff the content,
+hash it, decode with the hardened loaders, and prepare model inputs (a square uint8 image or a
+log-mel array), which are much smaller to send back than decoded media. No torch here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.records import FileState, MediaInfo
+from retrieval.encoders.config import ModelInputs
+from retrieval.encoders.frontend import compute_log_mel
+from retrieval.media.audio import load_audio
+from retrieval.media.errors import ErrorClass, MediaError, error_from_os
+from retrieval.media.images import fit_square, load_image
+from retrieval.media.limits import MediaLimits
+from retrieval.media.sniff import HEAD_BYTES, classify_unknown, sniff
+
+DECODED, SAME_CONTENT, KNOWN_CONTENT, FAILED, NOT_MEDIA = "decoded", "same", "known", "failed", "not_media"
+
+
+@dataclass(frozen=True)
+class Task:
+    path: str
+    stored_hash: str | None = None  # content hash of the item now stored at this path, if any
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The outcome for one file. `status` says which of the optional fields are set."""
+
+    path: str
+    status: str
+    state: FileState | None = None
+    info: MediaInfo | None = None
+    pixels: np.ndarray | None = None  # (S, S, 3) uint8
+    log_mel: np.ndarray | None = None  # (n_mels, T) float32
+    error: MediaError | None = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    info: MediaInfo
+    pixels: np.ndarray | None = None
+    log_mel: np.ndarray | None = None
+
+
+def decode_media(data: bytes, path: str, inputs: ModelInputs, limits: MediaLimits) -> Decoded | None:
+    """Decode bytes into model inputs; None when the content is not media at all.
+
+    Raises:
+        MediaError: refused, damaged or oversized content.
+    """
+    sniffed = sniff(data[:HEAD_BYTES])
+    if sniffed is None:
+        error = classify_unknown(path, len(data))
+        if error is not None:
+            raise error
+        return None
+    if sniffed.modality == "image":
+        image, image_info = load_image(data, sniffed.format, limits, draft_size=inputs.image_size)
+        info = MediaInfo("image", sniffed.format, width=image_info.width, height=image_info.height)
+        return Decoded(info, pixels=fit_square(image, inputs.image_size))
+    front_end = inputs.front_end
+    wave, audio_info = load_audio(data, sniffed.format, limits, front_end.sample_rate)
+    info = MediaInfo("audio", sniffed.format, duration=round(audio_info.duration, 3),
+                     sample_rate=audio_info.sample_rate, channels=audio_info.channels)
+    return Decoded(info, log_mel=compute_log_mel(wave, front_end))
+
+
+def read_file(path: str, limits: MediaLimits) -> tuple[bytes, os.stat_result]:
+    """The whole file (bounded by the size cap) and its stat taken at open time.
+
+    Raises:
+        MediaError: unreadable, not a regular file, or over the size cap.
+    """
+    try:
+        # O_NONBLOCK: if a FIFO was swapped in after the walk, open must not hang on it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise error_from_os(error) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise MediaError(ErrorClass.UNSUPPORTED, "not a regular file")
+        if info.st_size > limits.max_file_bytes:
+            raise MediaError(ErrorClass.TOO_LARGE, f"{info.st_size / 2**20:.0f} MiB exceeds the cap of "
+                                                   f"{limits.max_file_bytes / 2**20:.0f} MiB")
+        try:
+            data = handle.read(limits.max_file_bytes + 1)
+        except OSError as error:
+            raise error_from_os(error) from None
+    if len(data) > limits.max_file_bytes:
+        raise MediaError(ErrorClass.TOO_LARGE, "file grew past the size cap while being read")
+    return data, info
+
+
+def prepare_file(task: Task, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str]) -> Prepared:
+    """Read, hash and decode one file. Never raises for a bad file: failures come back as FAILED.
+
+    Content already stored at the same path (SAME_CONTENT) or under a vanished path (a rename,
+    KNOWN_CONTENT, hashes in `skip_hashes`) is not decoded at all.
+    """
+    try:
+        data, info = read_file(task.path, limits)
+        state = FileState(task.path, info.st_size, info.st_mtime_ns, hashlib.sha256(data).hexdigest())
+        if state.content_hash == task.stored_hash:
+            return Prepared(task.path, SAME_CONTENT, state)
+        if state.content_hash in skip_hashes:
+            return Prepared(task.path, KNOWN_CONTENT, state)
+        decoded = decode_media(data, task.path, inputs, limits)
+    except MediaError as error:
+        return Prepared(task.path, FAILED, error=error)
+    if decoded is None:
+        return Prepared(task.path, NOT_MEDIA, state)
+    return Prepared(task.path, DECODED, state, decoded.info, decoded.pixels, decoded.log_mel)

@@ -1,0 +1,1 @@
+"""Hardened media decoding shared by indexing workers and query uploads (no torch imported here)."""

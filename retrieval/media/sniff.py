@@ -1,0 +1,107 @@
+"""Recognise images and audio by their first bytes, never by the file name.
+
+A file is one of: an accepted format (decoded), a recognised but refused format (UNSUPPORTED), or
+not media at all. The name matters only to tell "not media" (a README.txt, ignored) from "claims
+to be media but is not" (random bytes named .png: CORRUPT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from retrieval.media.errors import ErrorClass, MediaError
+
+HEAD_BYTES = 64
+
+IMAGE_FORMATS = ("jpeg", "png", "gif", "webp", "bmp")
+AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
+
+MEDIA_SUFFIXES = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .apng .gif .webp .bmp .dib .tif .tiff .heic .heif .avif .jp2 .jxl .ico "
+    ".psd .wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .aifc .au .wma .mp4 .mov".split()
+)
+
+_DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+_REFUSED = {
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"8BPS": "Photoshop PSD",
+    b"\x00\x00\x01\x00": "ICO",
+    b"\xff\x0a": "JPEG XL",
+    b"\x00\x00\x00\x0cJXL ": "JPEG XL",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
+    b".snd": "Sun AU",
+    b"MThd": "MIDI",
+    b"0&\xb2u\x8ef\xcf\x11": "ASF/WMA",
+}
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    modality: str  # "image" | "audio"
+    format: str  # one of IMAGE_FORMATS or AUDIO_FORMATS
+
+
+def sniff(head: bytes) -> Sniffed | None:
+    """The accepted media format of content starting with `head`, or None if not accepted.
+
+    Raises:
+        MediaError(UNSUPPORTED): a recognised image or audio format that xmodal does not decode.
+    """
+    if head.startswith(b"\xff\xd8\xff"):
+        return Sniffed("image", "jpeg")
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return Sniffed("image", "png")
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return Sniffed("image", "gif")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return Sniffed("image", "webp")
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _DIB_HEADER_SIZES:
+        return Sniffed("image", "bmp")
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return Sniffed("audio", "wav")
+    if head.startswith(b"fLaC"):
+        return Sniffed("audio", "flac")
+    if head.startswith(b"OggS"):
+        return Sniffed("audio", "ogg")
+    if head.startswith(b"ID3") or _is_mpeg_audio_frame(head):
+        return Sniffed("audio", "mp3")
+    refused = _refused_format(head)
+    if refused:
+        raise MediaError(ErrorClass.UNSUPPORTED, f"{refused} files are not supported")
+    return None
+
+
+def classify_unknown(path: str, size: int) -> MediaError | None:
+    """The error for content that is not accepted media, or None when the file is simply not media."""
+    suffix = PurePath(path).suffix.lower()
+    if suffix not in MEDIA_SUFFIXES:
+        return None
+    if size == 0:
+        return MediaError(ErrorClass.CORRUPT, f"empty file (0 bytes) named {suffix}")
+    return MediaError(ErrorClass.CORRUPT, f"content is not a recognised image or audio format although named {suffix}")
+
+
+def _refused_format(head: bytes) -> str | None:
+    for magic, name in _REFUSED.items():
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":
+        brand = head[8:12].decode("latin-1").strip()
+        kind = "HEIF/AVIF image" if brand in ("heic", "heix", "mif1", "msf1", "avif", "avis") else "MP4/M4A/MOV"
+        return f"{kind} (brand {brand!r})"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "AIFF"
+    return None
+
+
+def _is_mpeg_audio_frame(head: bytes) -> bool:
+    """An MPEG audio frame header: 11 sync bits, then no reserved version, layer, rate or bitrate."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return False
+    version = (head[1] >> 3) & 0b11
+    layer = (head[1] >> 1) & 0b11
+    bitrate = head[2] >> 4
+    sample_rate = (head[2] >> 2) & 0b11
+    return version != 0b01 and layer != 0 and bitrate not in (0, 15) and sample_rate != 0b11
