@@ -10,12 +10,12 @@ DEMO ?= /tmp/xmodal-demo
 $(BIN)/.deps-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet '.[dev]'
-	$(BIN)/python -m pip uninstall --quiet --yes xmodal
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The editable install is redone every time: a cached VENV may come from another checkout.
 install: $(BIN)/.deps-installed
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

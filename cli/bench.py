@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,9 +19,9 @@ def bench_index(
                                                               "create an untrained model of that size."),
     images: int = typer.Option(200, "--images", min=1),
     sounds: int = typer.Option(50, "--sounds", min=0),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1),
+    workers: int | None = typer.Option(None, "--workers", min=1),
     repeats: int = typer.Option(3, "--repeats", min=1),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """End-to-end indexing rate beside the decode-only and encode-only rates it is bounded by."""
     from retrieval.bench.index_bench import run_index_benchmark

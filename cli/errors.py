@@ -20,7 +20,13 @@ F = TypeVar("F", bound=Callable)
 
 
 def _classify(error: BaseException) -> int | None:
-    from index.errors import DatabaseCorruptError, DatabaseLockedError, EncoderMismatchError, StorageFullError, StoreError
+    from index.errors import (
+        DatabaseCorruptError,
+        DatabaseLockedError,
+        EncoderMismatchError,
+        StorageFullError,
+        StoreError,
+    )
     from retrieval.errors import ModelLoadError, ModelNotFoundError, QueryError
     from retrieval.media.errors import MediaError
 

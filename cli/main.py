@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -28,14 +27,16 @@ class Target(str, Enum):
     all = "all"
 
 
-DbOption = typer.Option(None, "--db", envvar="XMODAL_DB", help="Collection directory [default: ~/.local/share/xmodal/default].")
+DbOption = typer.Option(None, "--db", envvar="XMODAL_DB",
+                        help="Collection directory [default: ~/.local/share/xmodal/default].")
 ModelOption = typer.Option(None, "--model", "-m", envvar="XMODAL_MODEL",
                            help="Model spec: starter, ARCH:PRETRAINED (open_clip) or a model directory. "
-                                "Default: the model the collection was built with; ViT-B-32:laion2b_s34b_b79k for a new one.")
+                                "Default: the model the collection was built with; "
+                                "ViT-B-32:laion2b_s34b_b79k for a new one.")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def _settings(db: Optional[Path], model: Optional[str] = None, **overrides):
+def _settings(db: Path | None, model: str | None = None, **overrides):
     from retrieval.settings import load_settings
 
     return load_settings(db=db, model=model, **overrides)
@@ -45,9 +46,9 @@ def _settings(db: Optional[Path], model: Optional[str] = None, **overrides):
 @translate_errors
 def index(
     paths: list[Path] = typer.Argument(..., help="Folders (or files) to index, recursively."),
-    db: Optional[Path] = DbOption,
-    model: Optional[str] = ModelOption,
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, envvar="XMODAL_WORKERS",
+    db: Path | None = DbOption,
+    model: str | None = ModelOption,
+    workers: int | None = typer.Option(None, "--workers", min=1, max=64, envvar="XMODAL_WORKERS",
                                           help="Decode processes [default: cores - 1]."),
     as_json: bool = JsonOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -68,11 +69,11 @@ def index(
 @app.command()
 @translate_errors
 def search(
-    text: Optional[str] = typer.Argument(None, help="A text query."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Search with this image file."),
-    audio: Optional[Path] = typer.Option(None, "--audio", help="Search with this sound file."),
-    db: Optional[Path] = DbOption,
-    model: Optional[str] = ModelOption,
+    text: str | None = typer.Argument(None, help="A text query."),
+    image: Path | None = typer.Option(None, "--image", help="Search with this image file."),
+    audio: Path | None = typer.Option(None, "--audio", help="Search with this sound file."),
+    db: Path | None = DbOption,
+    model: str | None = ModelOption,
     k: int = typer.Option(10, "-k", "--top", min=1, max=1000, help="How many results."),
     modality: Target = typer.Option(Target.all, "--modality", help="What to search among."),
     as_json: bool = JsonOption,
@@ -101,7 +102,7 @@ def search(
 
 @app.command()
 @translate_errors
-def info(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
+def info(db: Path | None = DbOption, as_json: bool = JsonOption) -> None:
     """Model, counts per modality, index specs, size on disk and error count of a collection."""
     from retrieval.compose import collection_info
 
@@ -126,8 +127,8 @@ def info(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
 @app.command()
 @translate_errors
 def errors(
-    db: Optional[Path] = DbOption,
-    error_class: Optional[str] = typer.Option(None, "--class", help="Only this class, e.g. CORRUPT."),
+    db: Path | None = DbOption,
+    error_class: str | None = typer.Option(None, "--class", help="Only this class, e.g. CORRUPT."),
     as_json: bool = JsonOption,
 ) -> None:
     """The error ledger: files that were skipped, why, and when they were first and last seen."""

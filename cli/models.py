@@ -35,7 +35,8 @@ def list_models(
 @translate_errors
 def init(
     out: Path = typer.Argument(..., help="Directory to create."),
-    arch: str = typer.Option("small", "--arch", help="A preset (micro, small) or an open_clip architecture (ViT-B-32)."),
+    arch: str = typer.Option("small", "--arch",
+                             help="A preset (micro, small) or an open_clip architecture (ViT-B-32)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Create an untrained model directory (JSON config + safetensors). Usable as --model at once:

@@ -8,10 +8,9 @@ are found or the index is exhausted. Results never hold FAISS's -1 padding.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -137,7 +136,7 @@ class SearchEngine:
         valid = ids >= 0
         resolved = self.collection.store.resolve_vectors(ids[valid].tolist())
         best: dict[int, SearchHit] = {}
-        for score, vector_id in zip(scores[valid].tolist(), ids[valid].tolist()):
+        for score, vector_id in zip(scores[valid].tolist(), ids[valid].tolist(), strict=True):
             found = resolved.get(vector_id)
             if found is None:
                 continue  # deleted since this index generation was saved

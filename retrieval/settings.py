@@ -29,7 +29,9 @@ class Settings:
 
 def load_settings(db: Path | None = None, model: str | None = None, **overrides) -> Settings:
     """Settings with explicit values taking precedence over `XMODAL_*` environment variables."""
-    workers = overrides.pop("workers", None) or (int(os.environ["XMODAL_WORKERS"]) if os.environ.get("XMODAL_WORKERS") else None)
+    workers = overrides.pop("workers", None)
+    if workers is None and os.environ.get("XMODAL_WORKERS"):
+        workers = int(os.environ["XMODAL_WORKERS"])
     return Settings(
         db_dir=Path(db).expanduser() if db else default_db_dir(),
         model=model or os.environ.get("XMODAL_MODEL") or None,

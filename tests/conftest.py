@@ -49,7 +49,8 @@ def sample_folder(tmp_path_factory) -> Path:
     return path
 
 
-def run_xmodal(*args: str, check: bool = False, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_xmodal(*args: str, check: bool = False, timeout: float = 300,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI (`python -m cli`) and capture its output."""
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,

@@ -19,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"), ("gif", "GIF"), ("bmp", "BMP")]
-AUDIO_FORMATS = [("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III")]
+AUDIO_FORMATS = [
+    ("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III"),
+]
 
 
 @dataclass
@@ -68,7 +70,7 @@ def synth_sound(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarr
     wave = rng.normal(0, 0.003, t_total)
     note_count = max(1, int(seconds / rng.uniform(0.4, 1.5)))
     bounds = np.linspace(0, t_total, note_count + 1).astype(int)
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         t = np.arange(end - start) / rate
         base = rng.uniform(110, 1800)
         kind = int(rng.integers(0, 3))
@@ -99,7 +101,8 @@ def _save_tricky_images(out: Path, rng: np.random.Generator) -> list[str]:
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     save("tricky-exif-rotated.jpg", base, "JPEG", exif=exif.tobytes())
     frames = [draw_image(rng, 64, 64) for _ in range(3)]
-    frames[0].save(out / "tricky-animated.gif", "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(out / "tricky-animated.gif", "GIF", save_all=True, append_images=frames[1:],
+                   duration=100, loop=0)
     paths.append(str(out / "tricky-animated.gif"))
     palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     palette.info["transparency"] = 0

@@ -29,7 +29,7 @@ class AudioTower(nn.Module):
         super().__init__()
         self.config = config
         channels = (1, *config.channels)
-        self.blocks = nn.Sequential(*(ConvBlock(a, b) for a, b in zip(channels[:-1], channels[1:])))
+        self.blocks = nn.Sequential(*(ConvBlock(a, b) for a, b in zip(channels[:-1], channels[1:], strict=True)))
         self.downsample = 2 ** len(config.channels)
         width = config.channels[-1]
         self.norm = nn.LayerNorm(2 * width)

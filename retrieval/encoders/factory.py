@@ -90,7 +90,8 @@ def _unknown_spec_message(spec: str, path: Path) -> str:
     if os.sep in spec or spec.startswith("."):
         return f"no model directory at {path}"
     examples = f"starter, {DEFAULT_MODEL}, RN50:openai, or a model directory"
-    return f"unknown model {spec!r}: not a model directory nor an open_clip ARCH:PRETRAINED pair (e.g. {examples}); `xmodal models` lists them"
+    return (f"unknown model {spec!r}: not a model directory nor an open_clip ARCH:PRETRAINED pair "
+            f"(e.g. {examples}); `xmodal models` lists them")
 
 
 def _build_clip(model_cfg: dict) -> torch.nn.Module:

@@ -130,7 +130,7 @@ class Encoder:
         clip's window vectors.
         """
         front_end = self.config.audio.front_end
-        split = [split_windows(mel, duration, front_end) for mel, duration in zip(log_mels, durations)]
+        split = [split_windows(mel, duration, front_end) for mel, duration in zip(log_mels, durations, strict=True)]
         if not split:
             return []
         features = np.concatenate([w.features for w in split])  # (W, n_mels, frames)

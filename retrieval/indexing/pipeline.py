@@ -10,16 +10,24 @@ last, after every rename had its chance to claim the vanished item.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from index.collection import Collection
 from index.records import FileState, ItemRecord, NewVector
-from retrieval.indexing.prepare import DECODED, FAILED, KNOWN_CONTENT, NOT_MEDIA, SAME_CONTENT, Prepared, Task, prepare_file
+from retrieval.indexing.prepare import (
+    DECODED,
+    FAILED,
+    KNOWN_CONTENT,
+    NOT_MEDIA,
+    SAME_CONTENT,
+    Prepared,
+    Task,
+    prepare_file,
+)
 from retrieval.indexing.summary import IndexSummary
 from retrieval.indexing.walk import walk_roots
 from retrieval.indexing.workers import DecodePool
@@ -122,7 +130,7 @@ class _EncodeQueue:
         import numpy as np
 
         vectors = self.encoder.encode_pixels(np.stack([p.pixels for p in self.images]))  # (n, dim)
-        for prepared, vector in zip(self.images, vectors):
+        for prepared, vector in zip(self.images, vectors, strict=True):
             self.writer.add("put", prepared.state, prepared.info, [NewVector(vector)])
         self.summary.encoded += len(self.images)
         self.images = []
@@ -132,11 +140,12 @@ class _EncodeQueue:
             return
         embeddings = self.encoder.embed_log_mels([p.log_mel for p in self.sounds],
                                                  [p.info.duration for p in self.sounds])
-        for prepared, embedding in zip(self.sounds, embeddings):
+        for prepared, embedding in zip(self.sounds, embeddings, strict=True):
             duration = prepared.info.duration
             vectors = [NewVector(embedding.pooled, "item", 0.0, duration)]
             if len(embedding.ranges) > 1:
-                vectors += [NewVector(v, "window", start, end) for v, (start, end) in zip(embedding.windows, embedding.ranges)]
+                windows = zip(embedding.windows, embedding.ranges, strict=True)
+                vectors += [NewVector(v, "window", start, end) for v, (start, end) in windows]
             self.writer.add("put", prepared.state, prepared.info, vectors)
         self.summary.encoded += len(self.sounds)
         self.sounds, self.sound_windows = [], 0

@@ -69,7 +69,8 @@ class _Walker:
             self.result.issues[path] = error_from_os(error)
             return
         if is_link and not self._inside_roots(os.path.realpath(path)):
-            self.result.issues[path] = MediaError(ErrorClass.UNSUPPORTED, "symbolic link leads outside the indexed folders")
+            self.result.issues[path] = MediaError(ErrorClass.UNSUPPORTED,
+                                                  "symbolic link leads outside the indexed folders")
             return
         key = (info.st_dev, info.st_ino)
         if key in self.seen:

@@ -18,7 +18,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 
 from retrieval.encoders.config import ModelInputs
@@ -32,7 +32,11 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 _ENVIRONMENT_LOCK = threading.Lock()
 
 
-def _worker_main(conn: Connection, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str]) -> None:
+PrepareFunction = Callable[[Task, ModelInputs, MediaLimits, frozenset], Prepared]
+
+
+def _worker_main(conn: Connection, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str],
+                 prepare: PrepareFunction) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
         try:
@@ -42,7 +46,7 @@ def _worker_main(conn: Connection, inputs: ModelInputs, limits: MediaLimits, ski
         if task is None:
             return
         try:
-            result = prepare_file(task, inputs, limits, skip_hashes)
+            result = prepare(task, inputs, limits, skip_hashes)
         except Exception as error:  # a decoder bug must cost one file, not the worker
             result = Prepared(task.path, FAILED, error=MediaError(
                 ErrorClass.CORRUPT, f"decoder failed unexpectedly ({type(error).__name__}: {error})"))
@@ -50,10 +54,12 @@ def _worker_main(conn: Connection, inputs: ModelInputs, limits: MediaLimits, ski
 
 
 class _Worker:
-    def __init__(self, context, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str]) -> None:
+    def __init__(self, context, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str],
+                 prepare: PrepareFunction) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_worker_main, args=(child, inputs, limits, skip_hashes), daemon=True, name="xmodal-decode"
+            target=_worker_main, args=(child, inputs, limits, skip_hashes, prepare), daemon=True,
+            name="xmodal-decode",
         )
         self.process.start()
         child.close()
@@ -89,8 +95,11 @@ class DecodePool:
         limits: MediaLimits,
         skip_hashes: frozenset[str] = frozenset(),
         buffered: int = 128,
+        prepare: PrepareFunction = prepare_file,
     ) -> None:
+        """`prepare` must be a module-level function (it is pickled into spawned workers)."""
         self.inputs = inputs
+        self.prepare = prepare
         self.limits = limits
         self.skip_hashes = skip_hashes
         self._context = multiprocessing.get_context("spawn")
@@ -107,7 +116,7 @@ class DecodePool:
             saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
             os.environ.update({name: "1" for name in _THREAD_VARIABLES})
             try:
-                return _Worker(self._context, self.inputs, self.limits, self.skip_hashes)
+                return _Worker(self._context, self.inputs, self.limits, self.skip_hashes, self.prepare)
             finally:
                 for name, value in saved.items():
                     if value is None:
