@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.table import Table
 
-stdout = Console(soft_wrap=True)
+# Piped output is for other programs: never wrap or fold a path at some assumed 80 columns.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
 stderr = Console(stderr=True)
 
 

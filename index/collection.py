@@ -229,7 +229,9 @@ class Collection:
     def save_generation(self) -> Manifest:
         """Write the in-memory indexes as a new generation and make it current (atomically)."""
         previous = load_manifest(self.db_dir)
-        generation = max(self.generation, previous.generation if previous else 0) + 1
+        # Also past any generation file still on disk: after a lost manifest, numbering must not
+        # restart at 1, or running readers (which load only newer generations) would miss it.
+        generation = max(self.generation, previous.generation if previous else 0, *self._generations_on_disk()) + 1
         entries = {}
         for modality, index in self.indexes.items():
             name = f"{modality}.{generation:06d}.faiss"
@@ -242,6 +244,14 @@ class Collection:
         self.generation = generation
         self._prune(keep={generation, previous.generation if previous else generation})
         return manifest
+
+    def _generations_on_disk(self) -> list[int]:
+        numbers = []
+        for path in (self.db_dir / INDEX_DIR).glob("*.faiss"):
+            parts = path.name.split(".")
+            if len(parts) == 3 and parts[1].isdigit():
+                numbers.append(int(parts[1]))
+        return numbers
 
     def _prune(self, keep: set[int]) -> None:
         for path in (self.db_dir / INDEX_DIR).glob("*.faiss"):

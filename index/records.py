@@ -93,7 +93,16 @@ class VectorChanges:
         self.added_vectors[modality].append(embedding)
 
     def remove(self, modality: str, vector_ids: list[int]) -> None:
-        self.removed_ids[modality].extend(vector_ids)
+        """Record removals; an id added earlier in the same transaction is simply un-added, since
+        `Collection.apply` removes before it adds and would otherwise leave a ghost vector."""
+        gone = set(vector_ids)
+        pending = gone.intersection(self.added_ids[modality])
+        if pending:
+            kept = [(i, v) for i, v in zip(self.added_ids[modality], self.added_vectors[modality], strict=True)
+                    if i not in pending]
+            self.added_ids[modality] = [i for i, _ in kept]
+            self.added_vectors[modality] = [v for _, v in kept]
+        self.removed_ids[modality].extend(i for i in vector_ids if i not in pending)
 
     def added(self, modality: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """Ids (n,) int64 and vectors (n, dim) float32 added for `modality`."""

@@ -82,7 +82,9 @@ class Store:
         path = Path(path)
         if readonly and not path.exists():
             raise StoreError(f"no collection at {path.parent} (run `xmodal index FOLDER --db {path.parent}` first)")
-        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        # as_uri() percent-escapes the path: a folder named "photos #2" must not become "photos ".
+        uri = path.absolute().as_uri() + ("?mode=ro" if readonly else "")
+        conn = None
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -93,8 +95,12 @@ class Store:
                 conn.execute("PRAGMA synchronous = FULL")
             store = cls(conn, path, readonly)
             store._migrate()
-        except sqlite3.Error as error:
-            raise _translate(error, path) from error
+        except BaseException as error:
+            if conn is not None:
+                conn.close()
+            if isinstance(error, sqlite3.Error):
+                raise _translate(error, path) from error
+            raise
         return store
 
     def close(self) -> None:

@@ -44,9 +44,20 @@ class VectorIndex:
         return cls(index, index.d, spec)
 
     def save(self, path: Path) -> None:
-        """Write the index atomically (temp file, fsync, rename)."""
+        """Write the index atomically (temp file, fsync, rename).
+
+        The bytes stream through a Python file: FAISS's own file writer reports a full disk as a
+        RuntimeError, or for small indexes not at all, whereas Python raises OSError(ENOSPC).
+        """
         faiss = _faiss()
-        write_atomic(Path(path), lambda temp: faiss.write_index(self._index, str(temp)))
+
+        def write(temp: Path) -> None:
+            with open(temp, "wb") as handle:
+                writer = faiss.PyCallbackIOWriter(handle.write)
+                faiss.write_index(self._index, writer)
+                del writer  # flushes FAISS's buffer into `handle` before it closes
+
+        write_atomic(Path(path), write)
 
     @property
     def count(self) -> int:
@@ -75,7 +86,8 @@ class VectorIndex:
         return int(self._index.remove_ids(selector))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: scores (m, k) float32 and ids (m, k) int64, -1 where fewer exist."""
+        """Top-k by inner product: scores and ids of shape (m, min(k, count)); an empty index gives
+        one column of -inf and -1."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (m, {self.dim}), got {queries.shape}")

@@ -88,28 +88,28 @@ def synth_sound(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarr
 def _save_tricky_images(out: Path, rng: np.random.Generator) -> list[str]:
     """Valid images that naive loaders get wrong; each must be indexed."""
     paths = []
-    base = draw_image(rng, 96, 64)
 
     def save(name: str, image: Image.Image, fmt: str, **kwargs) -> None:
         image.save(out / name, fmt, **kwargs)
         paths.append(str(out / name))
 
-    grey16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    def picture() -> Image.Image:  # a new picture for each file, so no two are duplicates
+        return draw_image(rng, 96, 64)
+
+    grey16 = (np.asarray(picture().convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
     save("tricky-16bit.png", Image.fromarray(grey16), "PNG")
-    save("tricky-cmyk.jpg", base.convert("CMYK"), "JPEG", quality=92)
+    save("tricky-cmyk.jpg", picture().convert("CMYK"), "JPEG", quality=92)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
-    save("tricky-exif-rotated.jpg", base, "JPEG", exif=exif.tobytes())
+    save("tricky-exif-rotated.jpg", picture(), "JPEG", exif=exif.tobytes())
     frames = [draw_image(rng, 64, 64) for _ in range(3)]
     frames[0].save(out / "tricky-animated.gif", "GIF", save_all=True, append_images=frames[1:],
                    duration=100, loop=0)
     paths.append(str(out / "tricky-animated.gif"))
-    palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    palette.info["transparency"] = 0
+    palette = picture().convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     save("tricky-palette-alpha.png", palette, "PNG", transparency=0)
-    la = base.convert("LA")
-    save("tricky-la.png", la, "PNG")
-    save("tricky-1bit.png", base.convert("1"), "PNG")
+    save("tricky-la.png", picture().convert("LA"), "PNG")
+    save("tricky-1bit.png", picture().convert("1"), "PNG")
     save("tricky-png-named.jpg", draw_image(rng, 80, 80), "PNG")
     return paths
 

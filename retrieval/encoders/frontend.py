@@ -56,9 +56,12 @@ def split_windows(log_mel: np.ndarray, duration: float, front_end: AudioFrontEnd
     A clip no longer than one window gives exactly one (padded) window; the last window of a long
     clip is padded too, and `lengths` tells the tower which frames are real.
     """
-    n_mels, total = log_mel.shape
+    n_mels, _frames = log_mel.shape
     size, hop = front_end.window_frames, front_end.window_hop_frames
-    count = 1 if total <= size else 1 + math.ceil((total - size) / hop)
+    # Count from the duration, not the frame count: centred STFT frames add one half-frame at the
+    # end, which must not open a window of its own.
+    content = round(duration * front_end.frames_per_second)
+    count = 1 if content <= size else 1 + math.ceil((content - size) / hop)
     features = np.full((count, n_mels, size), silence_level(front_end), dtype=np.float32)
     lengths = np.empty(count, dtype=np.int64)
     ranges = []

@@ -50,10 +50,11 @@ def load_image(
     if image_format not in _PIL_FORMATS:
         raise MediaError(ErrorClass.UNSUPPORTED, f"{image_format} images are not supported")
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our cap, checked from the header below, decides; Pillow's own (process-wide) bomb
+            # limit stays as a second fence (DecompressionBombError) and its warning is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(stream, formats=[_PIL_FORMATS[image_format]])
             width, height = image.size
             if width <= 0 or height <= 0:
@@ -67,16 +68,19 @@ def load_image(
             if draft_size and image_format == "jpeg":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
+            decoded_size = image.size
             image = _apply_orientation(image)
             rgb = to_rgb(image)
+            if rgb.size != decoded_size:  # EXIF rotated by 90°: the displayed size is the header's, swapped
+                width, height = height, width
     except MediaError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise MediaError(ErrorClass.TOO_LARGE, str(error)) from None
+    except Image.DecompressionBombError as error:
+        raise MediaError(ErrorClass.TOO_LARGE, f"decompression bomb guard: {error}") from None
     except (UnidentifiedImageError, SyntaxError, ValueError, TypeError, EOFError, OSError, IndexError,
             KeyError, struct.error) as error:
         raise _classify_decode_error(error) from None
-    return rgb, ImageInfo(rgb.width, rgb.height, image_format)
+    return rgb, ImageInfo(width, height, image_format)
 
 
 def _classify_decode_error(error: Exception) -> MediaError:
@@ -98,7 +102,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if mode.startswith("I;16"):  # 16-bit: always 0..65535, whatever the brightest pixel is
+        pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if mode in ("I", "F"):
         return Image.fromarray(_to_uint8(np.asarray(image)), mode="L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -111,7 +118,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Rescale 16-bit, 32-bit integer or float greyscale to 0..255 by its nominal range."""
+    """Rescale 32-bit integer or float greyscale (no fixed nominal range) to 0..255 by its values."""
     is_float = np.issubdtype(pixels.dtype, np.floating)
     pixels = np.nan_to_num(pixels.astype(np.float64))
     high = float(pixels.max(initial=0.0))

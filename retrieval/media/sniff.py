@@ -12,7 +12,8 @@ from pathlib import PurePath
 
 from retrieval.media.errors import ErrorClass, MediaError
 
-HEAD_BYTES = 64
+# Enough for two MPEG audio frames (the longest is under 3 KB), which sniffing checks back to back.
+HEAD_BYTES = 4096
 
 IMAGE_FORMATS = ("jpeg", "png", "gif", "webp", "bmp")
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
@@ -96,12 +97,47 @@ def _refused_format(head: bytes) -> str | None:
     return None
 
 
+# Bitrates in kbit/s by (MPEG-1?, layer) for bitrate indexes 1..14, and sample rates by version.
+_BITRATES = {
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_SAMPLE_RATES = {0b11: (44100, 48000, 32000), 0b10: (22050, 24000, 16000), 0b00: (11025, 12000, 8000)}
+
+
+def _mpeg_frame(head: bytes, offset: int) -> tuple[int, int] | None:
+    """(frame length in bytes, a key of version/layer/rate) of an MPEG audio frame header at offset."""
+    if len(head) < offset + 4 or head[offset] != 0xFF or head[offset + 1] & 0xE0 != 0xE0:
+        return None
+    version = (head[offset + 1] >> 3) & 0b11
+    layer = 4 - ((head[offset + 1] >> 1) & 0b11)  # bits 11, 10, 01 mean layers I, II, III
+    bitrate_index = head[offset + 2] >> 4
+    rate_index = (head[offset + 2] >> 2) & 0b11
+    if version == 0b01 or layer == 4 or bitrate_index in (0, 15) or rate_index == 0b11:
+        return None
+    mpeg1 = version == 0b11
+    bitrate = _BITRATES[(mpeg1, layer)][bitrate_index - 1] * 1000
+    rate = _SAMPLE_RATES[version][rate_index]
+    padding = (head[offset + 2] >> 1) & 1
+    if layer == 1:
+        length = (12 * bitrate // rate + padding) * 4
+    else:
+        length = (144 if mpeg1 or layer == 2 else 72) * bitrate // rate + padding
+    return length, (head[offset + 1] & 0xFE) << 8 | (head[offset + 2] & 0x0C)
+
+
 def _is_mpeg_audio_frame(head: bytes) -> bool:
-    """An MPEG audio frame header: 11 sync bits, then no reserved version, layer, rate or bitrate."""
-    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+    """MPEG audio without an ID3 tag: two consistent frame headers back to back.
+
+    One 4-byte header is too weak a signature (a UTF-16 text file's byte-order mark FF FE passes
+    it); a second header exactly one frame later, of the same version, layer and rate, is not.
+    """
+    first = _mpeg_frame(head, 0)
+    if first is None:
         return False
-    version = (head[1] >> 3) & 0b11
-    layer = (head[1] >> 1) & 0b11
-    bitrate = head[2] >> 4
-    sample_rate = (head[2] >> 2) & 0b11
-    return version != 0b01 and layer != 0 and bitrate not in (0, 15) and sample_rate != 0b11
+    second = _mpeg_frame(head, first[0])
+    return second is not None and second[1] == first[1]
