@@ -27,7 +27,7 @@ def _classify(error: BaseException) -> int | None:
         StorageFullError,
         StoreError,
     )
-    from retrieval.errors import ModelLoadError, ModelNotFoundError, QueryError
+    from retrieval.errors import ModelLoadError, ModelNotFoundError, QueryError, WorkerStartError
     from retrieval.media.errors import MediaError
 
     for types, code in (
@@ -35,7 +35,7 @@ def _classify(error: BaseException) -> int | None:
         ((ModelNotFoundError, ModelLoadError), EXIT_MODEL),
         ((StorageFullError, DatabaseCorruptError), EXIT_STORAGE),
         ((QueryError, MediaError), EXIT_USAGE),
-        ((EncoderMismatchError, StoreError), EXIT_FATAL),
+        ((EncoderMismatchError, StoreError, WorkerStartError), EXIT_FATAL),
     ):
         if isinstance(error, types):
             return code

@@ -3,8 +3,15 @@ re-import this module, and `xmodal errors` should not wait for torch."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from enum import Enum
+import os
+
+# Idle OpenMP threads of torch sleep instead of spinning: while indexing, the encoder's threads
+# share the cores with decode workers, and spinning threads would steal their time (measured:
+# 1.5x faster end-to-end indexing on two cores). Set before torch loads; the user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from datetime import datetime  # noqa: E402
+from enum import Enum  # noqa: E402
 from pathlib import Path
 
 import typer

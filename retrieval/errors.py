@@ -15,5 +15,9 @@ class WeightsUnavailableError(ModelLoadError):
     """Pretrained weights are not cached and cannot be downloaded (offline)."""
 
 
+class WorkerStartError(RuntimeError):
+    """Decode worker processes cannot start: a fault of the installation, never of the files."""
+
+
 class QueryError(ValueError):
     """A query that cannot be answered as given (empty text, bad k, unreadable query file)."""

@@ -204,3 +204,37 @@ def test_another_encoder_is_refused_with_both_names(tmp_path, folder, micro_mode
     init_model_dir(other, "micro", seed=7)
     with pytest.raises(EncoderMismatchError, match=r"built with .*micro, dim 32; you asked for .*other-model, dim 32"):
         build_engine(Settings(db_dir=settings.db_dir, model=str(other)))
+
+
+def test_indexing_works_from_a_script_on_stdin(tmp_path, sample_folder, micro_model):
+    # Decode workers must not depend on re-importing the caller's __main__ (`python -`, notebooks):
+    # with multiprocessing's spawn that failed and every file came back "crashed".
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = (
+        "from pathlib import Path\n"
+        "from retrieval.compose import run_index\n"
+        "from retrieval.settings import Settings\n"
+        f"s = run_index(Settings(db_dir=Path({str(tmp_path / 'db')!r}), model={str(micro_model)!r}, workers=1),"
+        f" [Path({str(sample_folder / 'sounds')!r})])\n"
+        "print(s.new, len(s.failures))\n"
+    )
+    result = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(list((sample_folder / "sounds").iterdir()))), "0"]
+
+
+def test_workers_that_cannot_start_stop_the_run_instead_of_blaming_files(tmp_path, micro_encoder):
+    from retrieval.errors import WorkerStartError
+    from retrieval.indexing.prepare import Task
+    from retrieval.indexing.workers import DecodePool
+    from retrieval.media.limits import MediaLimits
+    from tests.helpers import start_fault
+
+    pool = DecodePool(1, micro_encoder.inputs, MediaLimits(), prepare=start_fault.prepare)
+    with pytest.raises(WorkerStartError, match="could not start"):
+        list(pool.run([Task(str(tmp_path / "a.jpg"))]))

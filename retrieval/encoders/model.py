@@ -103,7 +103,8 @@ class Encoder:
         out = []
         for start in range(0, len(pixels), self.batch_size):
             chunk = np.ascontiguousarray(pixels[start : start + self.batch_size])
-            batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())  # decoded arrays may be read-only
+            # Arrays decoded from a pipe or PIL may be read-only; torch wants writable memory.
+            batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
             x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
             x = (x - self._mean) / self._std
             out.append(self._to_numpy(self.clip_model.encode_image(x)))

@@ -31,12 +31,14 @@ from retrieval.indexing.prepare import (
 from retrieval.indexing.summary import IndexSummary
 from retrieval.indexing.walk import walk_roots
 from retrieval.indexing.workers import DecodePool
+from retrieval.media.errors import ErrorClass
 from retrieval.media.limits import MediaLimits
 
 if TYPE_CHECKING:
     from retrieval.encoders.model import Encoder
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files total)
+_TRANSIENT = (ErrorClass.PERMISSION, ErrorClass.IO_ERROR)
 
 
 def default_workers() -> int:
@@ -227,7 +229,9 @@ class _Run:
         if prepared.status == FAILED:
             self.writer.add("error", path, prepared.error.error_class.value, prepared.error.message)
             self.summary.skip(path, prepared.error)
-            if existing is not None:  # the file went bad: its old content is no longer there
+            # Damaged content replaced what was indexed: drop it. An unreadable file (permissions, an
+            # I/O error, perhaps passing) keeps its item; a failing disk must not empty the index.
+            if existing is not None and prepared.error.error_class not in _TRANSIENT:
                 self.writer.add("delete", existing.id)
                 self.summary.removed += 1
             return

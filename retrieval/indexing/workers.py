@@ -1,4 +1,4 @@
-"""A pool of spawned decode workers that survives the files it decodes.
+"""A pool of decode worker processes that survives the files it decodes.
 
 Each worker takes one task at a time over its own pipe. A dispatcher thread in the main process
 feeds idle workers and moves results into a bounded queue, so workers keep decoding while the main
@@ -6,22 +6,25 @@ thread encodes (the overlap that makes indexing fast) and stop when the queue is
 memory). A worker that crashes (a segfault in a decoder) or overruns the per-file deadline is
 killed and replaced; its file comes back as a CORRUPT failure and the run goes on.
 
-Workers are started with "spawn", never "fork": forking a process that has loaded torch, FAISS or
-OpenMP thread pools can deadlock the child.
+Workers are fresh interpreters (`python -m retrieval.indexing.worker_main`), never forks: forking a
+process that has loaded torch, FAISS or OpenMP thread pools can deadlock the child. A worker that
+cannot even start is a fatal error of the run (WorkerStartError), never a verdict on the files.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
-import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 
 from retrieval.encoders.config import ModelInputs
+from retrieval.errors import WorkerStartError
 from retrieval.indexing.prepare import FAILED, Prepared, Task, prepare_file
 from retrieval.media.errors import ErrorClass, MediaError
 from retrieval.media.limits import MediaLimits
@@ -29,55 +32,66 @@ from retrieval.media.limits import MediaLimits
 _DONE = object()
 # Decoders run one file per process; BLAS/OpenMP thread pools in them would only fight the encoder.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-_ENVIRONMENT_LOCK = threading.Lock()
-
+_START_TIMEOUT_SECONDS = 120.0
+_POLL_SECONDS = 0.25
 
 PrepareFunction = Callable[[Task, ModelInputs, MediaLimits, frozenset], Prepared]
 
 
-def _worker_main(conn: Connection, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str],
-                 prepare: PrepareFunction) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        try:
-            result = prepare(task, inputs, limits, skip_hashes)
-        except Exception as error:  # a decoder bug must cost one file, not the worker
-            result = Prepared(task.path, FAILED, error=MediaError(
-                ErrorClass.CORRUPT, f"decoder failed unexpectedly ({type(error).__name__}: {error})"))
-        conn.send(result)
-
-
 class _Worker:
-    def __init__(self, context, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str],
-                 prepare: PrepareFunction) -> None:
-        self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=_worker_main, args=(child, inputs, limits, skip_hashes, prepare), daemon=True,
-            name="xmodal-decode",
-        )
-        self.process.start()
-        child.close()
+    """One decode process and its connection. The socket's end of file doubles as its death notice."""
+
+    def __init__(self, settings: tuple) -> None:
+        parent, child = socket.socketpair()
+        environment = {**os.environ, **{name: "1" for name in _THREAD_VARIABLES}}
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "retrieval.indexing.worker_main", str(child.fileno())],
+                pass_fds=[child.fileno()], env=environment, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
         self.task: Task | None = None
         self.deadline = 0.0
+        self._settings = settings
+
+    def wait_ready(self) -> None:
+        """Hand the worker its settings and wait for it to say it is ready.
+
+        Raises:
+            WorkerStartError: it died or stayed silent; no file has been blamed for it.
+        """
+        try:
+            self.conn.send(list(sys.path))
+            self.conn.send(self._settings)
+            ready = self.conn.poll(_START_TIMEOUT_SECONDS) and self.conn.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.stop(force=True)
+            raise WorkerStartError(
+                f"a decode worker could not start (exit code {self.process.returncode}); "
+                f"run `{sys.executable} -m retrieval.indexing.worker_main` to see why"
+            )
+
+    def exit_reason(self) -> str:
+        try:
+            code = self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
 
     def stop(self, force: bool = False) -> None:
-        if force:
-            self.process.kill()
-        else:
+        if not force:
             try:
                 self.conn.send(None)
-            except OSError:
-                self.process.kill()
-        self.process.join(timeout=5)
-        if self.process.is_alive():
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                force = True
+        if force and self.process.poll() is None:
             self.process.kill()
-            self.process.join()
+        self.process.wait()
         self.conn.close()
 
 
@@ -97,36 +111,36 @@ class DecodePool:
         buffered: int = 128,
         prepare: PrepareFunction = prepare_file,
     ) -> None:
-        """`prepare` must be a module-level function (it is pickled into spawned workers)."""
+        """`prepare` must be a module-level function (it is pickled into the workers)."""
         self.inputs = inputs
         self.prepare = prepare
         self.limits = limits
         self.skip_hashes = skip_hashes
-        self._context = multiprocessing.get_context("spawn")
         self._size = max(1, workers)
-        self._results: queue.Queue = queue.Queue(maxsize=buffered)
+        self._buffered = buffered
         self._workers: list[_Worker] = []
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
 
-    def _spawn(self) -> _Worker:
-        # A spawned child inherits os.environ at start, and the thread variables must be set before
-        # it imports numpy; they are set only around the start and restored under a lock.
-        with _ENVIRONMENT_LOCK:
-            saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-            os.environ.update({name: "1" for name in _THREAD_VARIABLES})
-            try:
-                return _Worker(self._context, self.inputs, self.limits, self.skip_hashes, self.prepare)
-            finally:
-                for name, value in saved.items():
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
+    def _start(self, count: int) -> list[_Worker]:
+        """Start `count` workers at once (imports overlap), then wait until each is ready."""
+        workers = [_Worker((self.inputs, self.limits, self.skip_hashes, self.prepare)) for _ in range(count)]
+        try:
+            for worker in workers:
+                worker.wait_ready()
+        except BaseException:
+            for worker in workers:
+                worker.stop(force=True)
+            raise
+        return workers
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Prepared]:
-        """Yield one Prepared per task. Stops the workers when exhausted or abandoned."""
-        self._workers = [self._spawn() for _ in range(self._size)]
+        """Yield one Prepared per task. Stops the workers when exhausted or abandoned.
+
+        Each call is a fresh run (new workers, queue and stop flag), so a pool can be run again.
+        """
+        self._results: queue.Queue = queue.Queue(maxsize=self._buffered)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._workers = self._start(self._size)
         dispatcher = threading.Thread(target=self._dispatch, args=(iter(tasks),), daemon=True)
         dispatcher.start()
         try:
@@ -160,7 +174,7 @@ class DecodePool:
 
     def _replace(self, index: int) -> None:
         self._workers[index].stop(force=True)
-        self._workers[index] = self._spawn()
+        self._workers[index] = self._start(1)[0]
 
     def _assign(self, index: int, task: Task, timeout: float) -> None:
         """Send a task; a worker found dead before it got the task is replaced and the send retried."""
@@ -173,7 +187,7 @@ class DecodePool:
                 continue
             worker.task, worker.deadline = task, time.monotonic() + timeout
             return
-        raise RuntimeError("decode workers die on start; see the messages above")
+        raise WorkerStartError("decode workers die as soon as they are given a file")
 
     def _dispatch(self, tasks: Iterator[Task]) -> None:
         try:
@@ -199,26 +213,26 @@ class DecodePool:
                 if exhausted:
                     return
                 continue
-            wait_for = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=wait_for))
+            # Short waits, so an abandoned run (Ctrl-C, an encoder error) is not held up until a
+            # hung decoder's deadline.
+            wait_for = min(_POLL_SECONDS, max(0.0, min(w.deadline for w in busy) - time.monotonic()))
+            ready = set(wait([w.conn for w in busy], timeout=wait_for))
+            if self._stop.is_set():
+                return
             for index, worker in enumerate(self._workers):
                 if worker.task is None:
                     continue
                 if worker.conn in ready:
                     try:
                         result = worker.conn.recv()
-                    except (EOFError, OSError):
-                        ready.add(worker.process.sentinel)
+                    except (EOFError, OSError):  # the worker died mid-file
+                        failed = _failure(worker.task, f"decoder crashed ({worker.exit_reason()}); "
+                                                       f"the run went on without it")
                     else:
                         worker.task = None
                         if not self._put(result):
                             return
                         continue
-                if worker.process.sentinel in ready:
-                    worker.process.join(timeout=1)
-                    code = worker.process.exitcode
-                    reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                    failed = _failure(worker.task, f"decoder crashed ({reason}); the run went on without it")
                 elif time.monotonic() >= worker.deadline:
                     failed = _failure(worker.task, f"decoding took longer than {timeout:.0f} s; worker stopped")
                 else:

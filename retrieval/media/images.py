@@ -6,6 +6,7 @@ black)."""
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -76,7 +77,11 @@ def load_image(
     except MediaError:
         raise
     except Image.DecompressionBombError as error:
-        raise MediaError(ErrorClass.TOO_LARGE, f"decompression bomb guard: {error}") from None
+        # Pillow's own fence (twice its default limit) fired inside open(), before our check.
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(declared.group(1)) / 1e6:.0f} MP" if declared else "the declared size"
+        raise MediaError(ErrorClass.TOO_LARGE, f"{size} exceeds the cap of {limits.max_image_pixels / 1e6:.0f} MP "
+                                               f"(decompression bomb)") from None
     except (UnidentifiedImageError, SyntaxError, ValueError, TypeError, EOFError, OSError, IndexError,
             KeyError, struct.error) as error:
         raise _classify_decode_error(error) from None

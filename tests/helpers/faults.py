@@ -1,0 +1,112 @@
+"""Fault injection for the decode pool: a prepare function that misbehaves on purpose.
+
+`DecodePool(..., prepare=faulty_prepare)` pickles this module-level function into its spawned
+workers. The file's base name picks the behaviour, so one task list can mix good and bad files:
+
+    "crash" in the name   the worker kills itself with SIGSEGV (a decoder segfault)
+    "hang"  in the name   the worker sleeps forever (a decoder stuck in a loop)
+    "boom"  in the name   prepare raises an unexpected exception (a decoder bug)
+    "probe" in the name   no decoding: the result's error message is a JSON description of the
+                          worker process (pid, start method evidence, thread variables)
+    anything else         the real `prepare_file`
+
+When the environment variable named by FAULT_LOG_VARIABLE is set (before the pool starts, since
+workers copy the environment when they start), every call appends "monotonic_time pid name" to
+that file first, which lets a test see when each file was taken up and by which process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import time
+
+from retrieval.indexing.prepare import FAILED, Prepared, Task, prepare_file
+from retrieval.media.errors import ErrorClass, MediaError
+
+FAULT_LOG_VARIABLE = "XMODAL_TEST_FAULT_LOG"
+# A test sets this in its own process before starting a pool. A forked worker would inherit the
+# value; a fresh interpreter imports this module anew and sees None.
+PARENT_MARK: str | None = None
+
+
+def _log(name: str) -> None:
+    path = os.environ.get(FAULT_LOG_VARIABLE)
+    if path:
+        # One short O_APPEND write per line: lines from several workers never interleave.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{time.monotonic():.6f} {os.getpid()} {name}\n".encode())
+        finally:
+            os.close(fd)
+
+
+def read_fault_log(path) -> list[tuple[float, int, str]]:
+    """The (time, pid, file name) lines written so far, in file order."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.split("\n")[:-1]:  # the last piece is empty, or a line still being written
+        stamp, pid, name = line.split(" ", 2)
+        entries.append((float(stamp), int(pid), name))
+    return entries
+
+
+def describe_worker() -> dict:
+    with open(f"/proc/{os.getpid()}/cmdline", "rb") as handle:
+        command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+    return {
+        "pid": os.getpid(),
+        "parent_mark": PARENT_MARK,
+        "command": command,
+        "thread_variables": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
+
+
+def faulty_prepare(task: Task, inputs, limits, skip_hashes: frozenset) -> Prepared:
+    name = os.path.basename(task.path)
+    _log(name)
+    if "crash" in name:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the working directory
+        os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(60)  # not reached: the default action of SIGSEGV ends the process at once
+    if "hang" in name:
+        while True:
+            time.sleep(3600)
+    if "boom" in name:
+        raise RuntimeError(f"injected fault in {name}")
+    if "probe" in name:
+        return Prepared(task.path, FAILED, error=MediaError(ErrorClass.CORRUPT, json.dumps(describe_worker())))
+    return prepare_file(task, inputs, limits, skip_hashes)
+
+
+WORKER_COMMANDS = (b"retrieval.indexing.worker_main", b"spawn_main")  # subprocess or multiprocessing spawn
+
+
+def live_decode_workers(parent_pid: int | None = None) -> list[int]:
+    """Pids of living (not zombie) decode worker processes whose parent is `parent_pid` (default: us).
+
+    Read from /proc, by command line: a worker runs `retrieval.indexing.worker_main` (or, started by
+    multiprocessing, `spawn_main`); multiprocessing's resource tracker is not a worker.
+    """
+    parent_pid = os.getpid() if parent_pid is None else parent_pid
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read()
+        except OSError:
+            continue  # gone meanwhile
+        state, ppid = fields[0], int(fields[1])
+        if ppid == parent_pid and state != "Z" and any(marker in command for marker in WORKER_COMMANDS):
+            found.append(int(entry))
+    return found
