@@ -223,3 +223,26 @@ def test_images_of_any_size_and_mode_are_centre_cropped_like_open_clip(micro_enc
     wide.paste(square, (64, 0))
     vectors = micro_encoder.encode_images([square, wide])
     assert float(vectors[0] @ vectors[1]) > 0.999
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=512 is too large")  # librosa's own, for the 0.01 s clip
+@pytest.mark.parametrize("seconds", [0.01, 0.37, 1.0, 4.5])
+def test_the_front_end_equals_librosas_log_mel(seconds):
+    # The numpy STFT must be librosa's: same centring, padding, window, filterbank and dB floor.
+    import librosa
+
+    from retrieval.encoders.config import AudioFrontEnd
+    from retrieval.encoders.frontend import compute_log_mel
+
+    front_end = AudioFrontEnd()
+    wave = synth_sound(np.random.default_rng(8), front_end.sample_rate, seconds)
+    if len(wave) < front_end.win_length:
+        wave = np.pad(wave, (0, front_end.win_length - len(wave)))
+    power = librosa.feature.melspectrogram(
+        y=wave, sr=front_end.sample_rate, n_fft=front_end.n_fft, hop_length=front_end.hop_length,
+        win_length=front_end.win_length, n_mels=front_end.n_mels, fmin=front_end.fmin, fmax=front_end.fmax)
+    decibels = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)
+    reference = (decibels + front_end.db_offset) / front_end.db_scale
+    ours = compute_log_mel(wave, front_end)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, atol=2e-3)  # 0.04 dB: float32 FFT rounding near the floor

@@ -73,12 +73,13 @@ class AudioTowerConfig:
     dropout: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelInputs:
     """What decode workers need to prepare inputs without loading the model (picklable, no torch)."""
 
     image_size: int
     front_end: AudioFrontEnd
+    mel_filterbank: Any = None  # (n_mels, n_fft // 2 + 1) float32; None: computed where needed
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from PIL import Image
 from index.manifest import EncoderIdentity
 from retrieval.encoders.audio_tower import AudioTower
 from retrieval.encoders.config import ImagePreprocess, ModelConfig, ModelInputs
-from retrieval.encoders.frontend import compute_log_mel, split_windows
+from retrieval.encoders.frontend import compute_log_mel, mel_filterbank, split_windows
 from retrieval.media.audio import resample
 from retrieval.media.images import fit_square, to_rgb
 
@@ -64,7 +64,8 @@ class Encoder:
 
     @property
     def inputs(self) -> ModelInputs:
-        return ModelInputs(self.image_preprocess.size, self.config.audio.front_end)
+        front_end = self.config.audio.front_end
+        return ModelInputs(self.image_preprocess.size, front_end, mel_filterbank(front_end))
 
     def _empty(self) -> np.ndarray:
         return np.empty((0, self.dim), dtype=np.float32)

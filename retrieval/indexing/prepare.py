@@ -69,7 +69,7 @@ def decode_media(data: bytes, path: str, inputs: ModelInputs, limits: MediaLimit
     wave, audio_info = load_audio(data, sniffed.format, limits, front_end.sample_rate)
     info = MediaInfo("audio", sniffed.format, duration=round(audio_info.duration, 3),
                      sample_rate=audio_info.sample_rate, channels=audio_info.channels)
-    return Decoded(info, log_mel=compute_log_mel(wave, front_end))
+    return Decoded(info, log_mel=compute_log_mel(wave, front_end, inputs.mel_filterbank))
 
 
 def read_file(path: str, limits: MediaLimits) -> tuple[bytes, os.stat_result]:
