@@ -231,7 +231,8 @@ class Collection:
         previous = load_manifest(self.db_dir)
         # Also past any generation file still on disk: after a lost manifest, numbering must not
         # restart at 1, or running readers (which load only newer generations) would miss it.
-        generation = max(self.generation, previous.generation if previous else 0, *self._generations_on_disk()) + 1
+        on_disk = (number for number, _path in self._generation_files())
+        generation = max(self.generation, previous.generation if previous else 0, *on_disk) + 1
         entries = {}
         for modality, index in self.indexes.items():
             name = f"{modality}.{generation:06d}.faiss"
@@ -245,18 +246,16 @@ class Collection:
         self._prune(keep={generation, previous.generation if previous else generation})
         return manifest
 
-    def _generations_on_disk(self) -> list[int]:
-        numbers = []
+    def _generation_files(self):
+        """(generation number, path) of every `MODALITY.NNNNNN.faiss` file on disk."""
         for path in (self.db_dir / INDEX_DIR).glob("*.faiss"):
             parts = path.name.split(".")
             if len(parts) == 3 and parts[1].isdigit():
-                numbers.append(int(parts[1]))
-        return numbers
+                yield int(parts[1]), path
 
     def _prune(self, keep: set[int]) -> None:
-        for path in (self.db_dir / INDEX_DIR).glob("*.faiss"):
-            parts = path.name.split(".")
-            if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) not in keep:
+        for number, path in list(self._generation_files()):
+            if number not in keep:
                 path.unlink(missing_ok=True)
         for path in (self.db_dir / INDEX_DIR).glob(".*.tmp"):
             path.unlink(missing_ok=True)  # left by a writer killed mid-save

@@ -28,6 +28,7 @@ from index.collection import INDEX_DIR, STORE_NAME
 from index.manifest import load_manifest
 from index.records import MODALITIES
 from index.vector_index import VectorIndex
+from tests.helpers.faults import living_processes
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRIES = {"cli": "cli", "small-batches": "tests.helpers.crash_cli"}
@@ -44,19 +45,8 @@ def index_command(entry: str, folder: Path, db: Path, model: Path, workers: int 
 
 
 def group_members(group: int) -> list[int]:
-    """Living (not zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+    """Living (not zombie) processes of a process group."""
+    return [pid for pid, _ppid, process_group, _command in living_processes() if process_group == group]
 
 
 def kill_group(group: int) -> None:

@@ -85,28 +85,27 @@ def faulty_prepare(task: Task, inputs, limits, skip_hashes: frozenset) -> Prepar
     return prepare_file(task, inputs, limits, skip_hashes)
 
 
-WORKER_COMMANDS = (b"retrieval.indexing.worker_main", b"spawn_main")  # subprocess or multiprocessing spawn
+WORKER_COMMAND = b"retrieval.indexing.worker_main"
 
 
-def live_decode_workers(parent_pid: int | None = None) -> list[int]:
-    """Pids of living (not zombie) decode worker processes whose parent is `parent_pid` (default: us).
-
-    Read from /proc, by command line: a worker runs `retrieval.indexing.worker_main` (or, started by
-    multiprocessing, `spawn_main`); multiprocessing's resource tracker is not a worker.
-    """
-    parent_pid = os.getpid() if parent_pid is None else parent_pid
-    found = []
+def living_processes():
+    """(pid, parent pid, process group, command line) of every living (not zombie) process, from /proc."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+                fields = handle.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 command = handle.read()
         except OSError:
             continue  # gone meanwhile
-        state, ppid = fields[0], int(fields[1])
-        if ppid == parent_pid and state != "Z" and any(marker in command for marker in WORKER_COMMANDS):
-            found.append(int(entry))
-    return found
+        if fields[0] != "Z":
+            yield int(entry), int(fields[1]), int(fields[2]), command
+
+
+def live_decode_workers(parent_pid: int | None = None) -> list[int]:
+    """Pids of living decode worker processes whose parent is `parent_pid` (default: us)."""
+    parent_pid = os.getpid() if parent_pid is None else parent_pid
+    return [pid for pid, ppid, _group, command in living_processes()
+            if ppid == parent_pid and WORKER_COMMAND in command]
