@@ -15,7 +15,6 @@ fails its checksum), the indexes are rebuilt from the stored vectors, never by r
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,9 +277,3 @@ class Collection:
         """(scores (m, k), vector ids (m, k)) from one modality's index."""
         index = self.indexes[modality]  # one reference read: a concurrent swap cannot tear it
         return index.search(queries, k)
-
-    def disk_bytes(self) -> int:
-        total = 0
-        for root, _dirs, files in os.walk(self.db_dir):
-            total += sum(os.path.getsize(os.path.join(root, name)) for name in files)
-        return total

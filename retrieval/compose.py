@@ -9,7 +9,7 @@ from pathlib import Path
 from index.collection import STORE_NAME, Collection, read_encoder_identity
 from index.errors import StoreError
 from index.lock import WriterLock
-from index.manifest import load_manifest
+from index.manifest import EncoderIdentity, load_manifest
 from index.records import ErrorRecord
 from index.store import Store
 from retrieval.engine import SearchEngine
@@ -19,14 +19,15 @@ from retrieval.indexing.walk import resolve_roots
 from retrieval.settings import Settings
 
 
-def _model_spec(settings: Settings) -> str:
+def _model_spec(settings: Settings, stored: EncoderIdentity | None) -> str:
     """The requested model, else the one the database was built with, else the default."""
     from retrieval.encoders.factory import DEFAULT_MODEL
 
-    if settings.model:
-        return settings.model
-    stored = read_encoder_identity(settings.db_dir)
-    return stored.spec if stored else DEFAULT_MODEL
+    return settings.model or (stored.spec if stored else DEFAULT_MODEL)
+
+
+def _no_collection(db_dir: Path) -> StoreError:
+    return StoreError(f"no collection at {db_dir} (run `xmodal index FOLDER --db {db_dir}` first)")
 
 
 def build_engine(settings: Settings) -> SearchEngine:
@@ -38,9 +39,10 @@ def build_engine(settings: Settings) -> SearchEngine:
     """
     from retrieval.encoders.factory import create_encoder
 
-    if read_encoder_identity(settings.db_dir) is None:
-        raise StoreError(f"no collection at {settings.db_dir} (run `xmodal index FOLDER --db {settings.db_dir}` first)")
-    encoder = create_encoder(_model_spec(settings), settings.device, settings.batch_size)
+    stored = read_encoder_identity(settings.db_dir)
+    if stored is None:
+        raise _no_collection(settings.db_dir)
+    encoder = create_encoder(_model_spec(settings, stored), settings.device, settings.batch_size)
     collection = Collection.open(settings.db_dir, encoder.identity, writable=False)
     return SearchEngine(encoder, collection, settings.limits)
 
@@ -57,7 +59,8 @@ def run_index(settings: Settings, paths: list[Path], progress: ProgressCallback 
     roots = resolve_roots(paths)
     settings.db_dir.mkdir(parents=True, exist_ok=True)
     with WriterLock(settings.db_dir):
-        encoder = create_encoder(_model_spec(settings), settings.device, settings.batch_size)
+        encoder = create_encoder(_model_spec(settings, read_encoder_identity(settings.db_dir)), settings.device,
+                                 settings.batch_size)
         collection = Collection.open(settings.db_dir, encoder.identity, writable=True)
         options = IndexOptions(workers=settings.workers or default_workers(), batch_size=settings.batch_size,
                                limits=settings.limits, exclude=[str(settings.db_dir)])
@@ -106,7 +109,7 @@ def collection_info(settings: Settings) -> CollectionInfo:
     """Model, counts, index specs, size on disk and error count, without loading the model."""
     identity = read_encoder_identity(settings.db_dir)
     if identity is None:
-        raise StoreError(f"no collection at {settings.db_dir} (run `xmodal index FOLDER --db {settings.db_dir}` first)")
+        raise _no_collection(settings.db_dir)
     store = _open_store(settings.db_dir)
     try:
         counts = store.counts()
@@ -135,7 +138,7 @@ def collection_info(settings: Settings) -> CollectionInfo:
 def list_errors(settings: Settings, error_class: str | None = None) -> list[ErrorRecord]:
     """The error ledger of a collection."""
     if not (Path(settings.db_dir) / STORE_NAME).exists():
-        raise StoreError(f"no collection at {settings.db_dir}")
+        raise _no_collection(settings.db_dir)
     store = _open_store(settings.db_dir)
     try:
         return store.list_errors(error_class)
