@@ -238,3 +238,46 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_blaming_files(tmp_pat
     pool = DecodePool(1, micro_encoder.inputs, MediaLimits(), prepare=start_fault.prepare)
     with pytest.raises(WorkerStartError, match="could not start"):
         list(pool.run([Task(str(tmp_path / "a.jpg"))]))
+
+
+def test_an_unreadable_file_is_recorded_and_an_indexed_one_keeps_its_entry(tmp_path, folder, micro_model,
+                                                                             monkeypatch):
+    # Tests run as root, for whom chmod 000 changes nothing: the workers get a real PermissionError
+    # from os.open for the listed paths instead (tests/helpers/faults.py).
+    from functools import partial
+
+    from retrieval.indexing import pipeline
+    from retrieval.indexing.workers import DecodePool
+    from tests.helpers.faults import DENIED_VARIABLE, faulty_prepare
+
+    manifest = manifest_of(folder)
+    settings = settings_for(tmp_path, micro_model)
+    run_index(settings, [folder])
+    new_file = str(folder / "images" / "unreadable.jpg")
+    draw_image(np.random.default_rng(21), 90, 90).save(new_file, "JPEG")
+    touched = manifest.images[5]  # indexed before; changed, and now unreadable
+    store = Store.open(settings.db_dir / STORE_NAME, readonly=True)
+    touched_id = store.items_under([touched])[touched].id
+    store.close()
+    draw_image(np.random.default_rng(22), 90, 90).save(touched, "PNG" if touched.endswith(".png") else "JPEG")
+    monkeypatch.setattr(pipeline, "DecodePool", partial(DecodePool, prepare=faulty_prepare))
+    monkeypatch.setenv(DENIED_VARIABLE, os.pathsep.join([new_file, touched]))
+
+    summary = run_index(settings, [folder])
+    assert {(f.path, f.error_class) for f in summary.failures} >= {(new_file, "PERMISSION"), (touched, "PERMISSION")}
+    assert summary.removed == 0  # unreadable is not gone: the indexed file keeps its entry
+    errors = {e.path: e.error_class for e in list_errors(settings)}
+    assert errors[new_file] == errors[touched] == "PERMISSION"
+    store = Store.open(settings.db_dir / STORE_NAME, readonly=True)
+    items = store.items_under([str(folder)])
+    store.close()
+    assert items[touched].id == touched_id and new_file not in items
+
+    monkeypatch.delenv(DENIED_VARIABLE)  # permissions fixed: both are picked up, the ledger clears
+    summary = run_index(settings, [folder])
+    assert summary.new == 1 and summary.updated == 1
+    errors = {e.path for e in list_errors(settings)}
+    assert new_file not in errors and touched not in errors
+    assert top_path(settings, new_file, "image") == (new_file, pytest.approx(1.0, abs=1e-4))
+    assert top_path(settings, touched, "image") == (touched, pytest.approx(1.0, abs=1e-4))
+    assert_consistent(settings.db_dir)

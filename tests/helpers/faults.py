@@ -10,6 +10,10 @@ workers. The file's base name picks the behaviour, so one task list can mix good
                           worker process (pid, start method evidence, thread variables)
     anything else         the real `prepare_file`
 
+Paths listed (separated by os.pathsep) in the variable named by DENIED_VARIABLE get a real
+PermissionError from `os.open` inside the worker, so the real `prepare_file` meets an unreadable
+file even when the tests run as root (for whom chmod 000 changes nothing).
+
 When the environment variable named by FAULT_LOG_VARIABLE is set (before the pool starts, since
 workers copy the environment when they start), every call appends "monotonic_time pid name" to
 that file first, which lets a test see when each file was taken up and by which process.
@@ -17,6 +21,7 @@ that file first, which lets a test see when each file was taken up and by which 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -27,6 +32,7 @@ from retrieval.indexing.prepare import FAILED, Prepared, Task, prepare_file
 from retrieval.media.errors import ErrorClass, MediaError
 
 FAULT_LOG_VARIABLE = "XMODAL_TEST_FAULT_LOG"
+DENIED_VARIABLE = "XMODAL_TEST_DENIED_PATHS"
 # A test sets this in its own process before starting a pool. A forked worker would inherit the
 # value; a fresh interpreter imports this module anew and sees None.
 PARENT_MARK: str | None = None
@@ -68,6 +74,21 @@ def describe_worker() -> dict:
     }
 
 
+def _prepare_denied(task: Task, inputs, limits, skip_hashes: frozenset) -> Prepared:
+    real_open = os.open
+
+    def denied_open(path, flags, *args, **kwargs):
+        if os.fspath(path) == task.path:
+            raise PermissionError(errno.EACCES, "Permission denied", task.path)
+        return real_open(path, flags, *args, **kwargs)
+
+    os.open = denied_open  # this worker process only, for this one call
+    try:
+        return prepare_file(task, inputs, limits, skip_hashes)
+    finally:
+        os.open = real_open
+
+
 def faulty_prepare(task: Task, inputs, limits, skip_hashes: frozenset) -> Prepared:
     name = os.path.basename(task.path)
     _log(name)
@@ -82,6 +103,8 @@ def faulty_prepare(task: Task, inputs, limits, skip_hashes: frozenset) -> Prepar
         raise RuntimeError(f"injected fault in {name}")
     if "probe" in name:
         return Prepared(task.path, FAILED, error=MediaError(ErrorClass.CORRUPT, json.dumps(describe_worker())))
+    if task.path in os.environ.get(DENIED_VARIABLE, "").split(os.pathsep):
+        return _prepare_denied(task, inputs, limits, skip_hashes)
     return prepare_file(task, inputs, limits, skip_hashes)
 
 
