@@ -72,7 +72,7 @@ class _Worker:
             self.stop(force=True)
             raise WorkerStartError(
                 f"a decode worker could not start (exit code {self.process.returncode}); "
-                f"run `{sys.executable} -m retrieval.indexing.worker_main` to see why"
+                f"its own error, if it printed one, is just above"
             )
 
     def exit_reason(self) -> str:
