@@ -27,14 +27,23 @@ def _classify(error: BaseException) -> int | None:
         StorageFullError,
         StoreError,
     )
-    from retrieval.errors import ModelLoadError, ModelNotFoundError, QueryError, WorkerStartError
+    from retrieval.errors import (
+        ModelLoadError,
+        ModelNotFoundError,
+        QueryError,
+        TrainingDataError,
+        TrainingInterrupted,
+        TrainingStateError,
+        WorkerStartError,
+    )
     from retrieval.media.errors import MediaError
 
     for types, code in (
         ((DatabaseLockedError,), EXIT_LOCKED),
         ((ModelNotFoundError, ModelLoadError), EXIT_MODEL),
         ((StorageFullError, DatabaseCorruptError), EXIT_STORAGE),
-        ((QueryError, MediaError), EXIT_USAGE),
+        ((QueryError, MediaError, TrainingDataError, TrainingStateError), EXIT_USAGE),
+        ((TrainingInterrupted,), EXIT_INTERRUPTED),
         ((EncoderMismatchError, StoreError, WorkerStartError), EXIT_FATAL),
     ):
         if isinstance(error, types):

@@ -35,7 +35,7 @@ class Target(str, Enum):
 
 
 DbOption = typer.Option(None, "--db", envvar="XMODAL_DB",
-                        help="Collection directory [default: ~/.local/share/xmodal/default].")
+                        help="Collection directory (default: ~/.local/share/xmodal/default).")
 ModelOption = typer.Option(None, "--model", "-m", envvar="XMODAL_MODEL",
                            help="Model spec: starter, ARCH:PRETRAINED (open_clip) or a model directory. "
                                 "Default: the model the collection was built with; "
@@ -56,7 +56,7 @@ def index(
     db: Path | None = DbOption,
     model: str | None = ModelOption,
     workers: int | None = typer.Option(None, "--workers", min=1, max=64, envvar="XMODAL_WORKERS",
-                                          help="Decode processes [default: cores - 1]."),
+                                          help="Decode processes (default: cores - 1)."),
     as_json: bool = JsonOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -154,12 +154,15 @@ def errors(
 
 
 def _register_groups() -> None:
-    from cli import bench, data, models
+    from cli import bench, data, demo, models, train
 
     app.add_typer(models.model_app, name="model")
     app.command("models")(models.list_models)
     app.add_typer(data.data_app, name="data")
     app.add_typer(bench.bench_app, name="bench")
+    app.add_typer(train.train_app, name="train")
+    app.command("eval")(train.evaluate)
+    app.command("demo")(demo.demo)
 
 
 _register_groups()

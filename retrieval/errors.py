@@ -21,3 +21,20 @@ class WorkerStartError(RuntimeError):
 
 class QueryError(ValueError):
     """A query that cannot be answered as given (empty text, bad k, unreadable query file)."""
+
+
+class TrainingDataError(ValueError):
+    """A pairs file that cannot be trained or evaluated on (the message names the line and field)."""
+
+
+class TrainingStateError(RuntimeError):
+    """An output or checkpoint folder that does not fit the run asked for (exists, or another config)."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training, after a checkpoint was written; `--resume` continues from it."""
+
+    def __init__(self, step: int, checkpoint: str) -> None:
+        super().__init__(f"interrupted at step {step}; the checkpoint in {checkpoint} keeps the work: "
+                         f"run the same command with --resume to continue")
+        self.step = step

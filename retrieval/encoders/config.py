@@ -91,10 +91,18 @@ class ModelConfig:
     pretrained: str | None = None  # "ARCH:TAG" of open_clip (weights from its cache)
     image: ImagePreprocess | None = None  # None: take open_clip's preprocessing for `pretrained`
     description: str = ""
+    vocab: tuple[int, ...] | None = None  # BPE ids kept by a compact text vocabulary (see vocab.py)
 
     def __post_init__(self) -> None:
         if (self.model_cfg is None) == (self.pretrained is None):
             raise ModelLoadError("a model config needs exactly one of clip.model_cfg and clip.pretrained")
+        if self.vocab is not None:
+            from retrieval.encoders.vocab import vocab_size
+
+            declared = (self.model_cfg or {}).get("text_cfg", {}).get("vocab_size")
+            if declared != vocab_size(self.vocab):
+                raise ModelLoadError(f"clip.vocab keeps {len(self.vocab)} tokens, so text_cfg.vocab_size must be "
+                                     f"{vocab_size(self.vocab)}, not {declared}")
 
     @property
     def context_length(self) -> int:
@@ -106,6 +114,8 @@ class ModelConfig:
         clip: dict[str, Any] = {"pretrained": self.pretrained} if self.pretrained else {"model_cfg": self.model_cfg}
         if self.image is not None:
             clip["preprocess"] = asdict(self.image)
+        if self.vocab is not None:
+            clip["vocab"] = list(self.vocab)
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -144,6 +154,7 @@ class ModelConfig:
             pretrained=clip.get("pretrained"),
             image=image,
             description=data.get("description", ""),
+            vocab=tuple(int(i) for i in clip["vocab"]) if clip.get("vocab") is not None else None,
         )
 
 

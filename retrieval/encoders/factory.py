@@ -1,6 +1,6 @@
 """The one factory: a spec string in, an Encoder out.
 
-    create_encoder("starter")                      the bundled offline model (part 2 trains it)
+    create_encoder("starter")                      the bundled offline model (`xmodal train starter`)
     create_encoder("ViT-B-32:laion2b_s34b_b79k")   an open_clip ARCH:PRETRAINED pair
     create_encoder("path/to/model_dir")            xmodal_model.json + model.safetensors
 """
@@ -30,6 +30,10 @@ STARTER_DIR = Path(__file__).resolve().parent.parent / "weights" / "starter"
 _UNTRAINED_AUDIO_SEED = 0
 
 
+_MISSING_STARTER = ("the bundled starter model is missing from this installation (retrieval/weights/starter); "
+                    "reinstall xmodal, or train it with `xmodal train starter`")
+
+
 @dataclass(frozen=True)
 class EncoderInfo:
     spec: str
@@ -55,12 +59,7 @@ def create_encoder(spec: str, device: str | None = None, batch_size: int = 64) -
     """
     torch_device = select_device(device)
     if spec == "starter":
-        if not (STARTER_DIR / "xmodal_model.json").is_file():
-            raise ModelNotFoundError(
-                "the bundled starter model is not in this installation yet (it is trained in part 2); "
-                f"use --model DIR (e.g. one made by `xmodal model init DIR`) or --model {DEFAULT_MODEL}"
-            )
-        return _load_directory(STARTER_DIR, "starter", torch_device, batch_size)
+        return _load_directory(resolve_model_dir(spec), "starter", torch_device, batch_size)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _load_directory(path, str(path.resolve()), torch_device, batch_size)
@@ -71,6 +70,22 @@ def create_encoder(spec: str, device: str | None = None, batch_size: int = 64) -
     raise ModelNotFoundError(_unknown_spec_message(spec, path))
 
 
+def resolve_model_dir(spec: str) -> Path:
+    """The model directory a spec names ("starter" or a path).
+
+    Raises:
+        ModelNotFoundError: the spec names no model directory.
+    """
+    if spec == "starter":
+        if not (STARTER_DIR / "xmodal_model.json").is_file():
+            raise ModelNotFoundError(_MISSING_STARTER)
+        return STARTER_DIR
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(_unknown_spec_message(spec, path))
+    return path.resolve()
+
+
 def list_encoders() -> list[EncoderInfo]:
     """Every spec the factory knows by name (model directories are any path)."""
     import open_clip
@@ -78,7 +93,8 @@ def list_encoders() -> list[EncoderInfo]:
     from retrieval.encoders.pretrained import cached_checkpoint
 
     starter = (STARTER_DIR / "xmodal_model.json").is_file()
-    infos = [EncoderInfo("starter", "starter", starter, "bundled" if starter else "not trained yet (part 2)")]
+    note = "bundled" if starter else "missing: reinstall, or `xmodal train starter`"
+    infos = [EncoderInfo("starter", "starter", starter, note)]
     for arch, tag in open_clip.list_pretrained():
         cached = cached_checkpoint(open_clip.get_pretrained_cfg(arch, tag)) is not None
         note = "cached" if cached else "downloads on first use"
@@ -114,16 +130,25 @@ def _load_directory(model_dir: Path, spec: str, device: torch.device, batch_size
 
         clip_model, tokenizer, preprocess = load_pretrained_clip(config.pretrained)
     else:
-        from open_clip.tokenizer import SimpleTokenizer
-
         clip_model = _build_clip(config.model_cfg)
         load_module_state(clip_model, split_state(state, "clip"), "image/text tower", model_dir)
-        tokenizer = SimpleTokenizer(context_length=config.context_length)
+        tokenizer = make_tokenizer(config)
         preprocess = config.image
     if config.image is not None:
         preprocess = config.image
     return Encoder(spec, config, clip_model, tokenizer, audio_tower, preprocess,
                    fingerprint_dir(model_dir), device, batch_size)
+
+
+def make_tokenizer(config: ModelConfig):
+    """open_clip's BPE tokenizer, mapped onto the model's compact vocabulary when it keeps one."""
+    if config.vocab is not None:
+        from retrieval.encoders.vocab import CompactTokenizer
+
+        return CompactTokenizer(config.vocab, config.context_length)
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=config.context_length)
 
 
 def _load_pair(spec: str, device: torch.device, batch_size: int) -> Encoder:

@@ -1,7 +1,8 @@
 """Named architectures for new, untrained models (`xmodal model init`, and part 2's training).
 
-`micro` runs the test suite in seconds; `small` is the size that trains on two CPU cores in
-minutes (ModifiedResNet vision tower at 64 px, 2-layer text transformer); any open_clip
+`micro` runs the test suite in seconds; `starter` is the bundled model's architecture, which trains
+on two CPU cores in minutes (ModifiedResNet vision tower of width 16 at 64 px, 2-layer text
+transformer); `small` is the same at width 32 (4x the image compute); any open_clip
 architecture name (e.g. `ViT-B-32`) gives that architecture with random weights.
 """
 
@@ -30,6 +31,14 @@ PRESETS: dict[str, ModelConfig] = {
         image=ImagePreprocess(size=32),
         audio=AudioTowerConfig(front_end=AudioFrontEnd(n_mels=32), channels=(8, 16)),
         description="A tiny random model for tests: exact-duplicate search only.",
+    ),
+    "starter": ModelConfig(
+        name="starter",
+        embed_dim=128,
+        model_cfg=_resnet_clip(128, image_size=64, width=16, text_width=128, text_layers=2),
+        image=ImagePreprocess(size=64),
+        audio=AudioTowerConfig(channels=(16, 32, 64, 128)),
+        description="The bundled starter's architecture: trains on two CPU cores in minutes.",
     ),
     "small": ModelConfig(
         name="small",

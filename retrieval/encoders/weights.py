@@ -61,19 +61,30 @@ def save_model_dir(
     model_dir: Path,
     config: ModelConfig,
     modules: dict[str, torch.nn.Module],
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Write config and weights (modules saved under their prefix, e.g. {"clip": ..., "audio": ...})."""
+    """Write config and weights (modules saved under their prefix, e.g. {"clip": ..., "audio": ...}).
+
+    `dtype=torch.float16` halves the file (the shipped starter); floats are widened again on load.
+    """
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {
-        f"{prefix}.{key}": tensor.detach().cpu().contiguous().clone()
+        f"{prefix}.{key}": _stored(tensor, dtype)
         for prefix, module in modules.items()
         for key, tensor in module.state_dict().items()
     }
     write_atomic(model_dir / WEIGHTS_NAME, lambda temp: save_file(state, str(temp), metadata={"format": "pt"}))
     write_bytes_atomic(model_dir / CONFIG_NAME, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.contiguous().clone()
 
 
 def fingerprint_dir(model_dir: Path) -> str:

@@ -1,0 +1,110 @@
+"""`xmodal train starter`: the recipe of the bundled starter model, start to finish in one command.
+
+Generate the synthetic world's corpus, train the image and text towers on it, train the audio tower
+against them, store the weights as float16, evaluate on the corpus's test and held-out splits and
+write the model card. Each stage leaves its result in the work folder, so a run that is stopped
+resumes at the stage (and the checkpoint) where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from retrieval.training.evaluate import EvalReport, evaluate
+from retrieval.training.loop import CHECKPOINT, HISTORY, TrainEvent, TrainOptions
+
+
+@dataclass(frozen=True)
+class StarterRecipe:
+    corpus_items: int = 12_000
+    corpus_seed: int = 0
+    # The epochs fit the 20-minute budget on two cores; the time caps only guard it on slower machines.
+    clip: TrainOptions = field(default_factory=lambda: TrainOptions(epochs=22, lr=2e-3, weight_decay=0.1,
+                                                                    max_minutes=9.5, patience=4))
+    audio: TrainOptions = field(default_factory=lambda: TrainOptions(epochs=9, batch_size=64, lr=3e-3,
+                                                                     weight_decay=0.05, max_minutes=6.5, patience=3))
+
+
+@dataclass
+class StarterResult:
+    out: Path
+    seconds: dict[str, float]
+    reports: dict[str, EvalReport]
+    size_bytes: int
+
+
+def _done(stage_dir: Path) -> bool:
+    return (stage_dir / HISTORY).is_file() and not (stage_dir / CHECKPOINT).exists()
+
+
+def train_starter(out: Path, work: Path, recipe: StarterRecipe = StarterRecipe(), workers: int | None = None,
+                  on_stage: Callable[[str], None] | None = None,
+                  on_event: Callable[[TrainEvent], None] | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> StarterResult:
+    """Run the whole recipe; `out` receives the model directory with its card (README.md) and eval.json."""
+    from retrieval.data.synth import write_corpus
+    from retrieval.encoders.factory import create_encoder
+    from retrieval.encoders.weights import save_model_dir
+    from retrieval.training.audio import train_audio
+    from retrieval.training.clip import train_clip
+
+    stage = on_stage or (lambda name: None)
+    work, out = Path(work), Path(out)
+    work.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    corpus = work / "corpus"
+    pairs = corpus / "pairs.jsonl"
+
+    started = time.monotonic()
+    if not pairs.is_file():
+        stage(f"generating the corpus ({recipe.corpus_items} items, seed {recipe.corpus_seed})")
+        shutil.rmtree(corpus, ignore_errors=True)  # a corpus without pairs.jsonl is an interrupted one
+        write_corpus(corpus, recipe.corpus_items, recipe.corpus_seed, progress=on_progress)
+    seconds["corpus"] = time.monotonic() - started
+
+    clip_dir = work / "clip"
+    started = time.monotonic()
+    if not _done(clip_dir):
+        stage("training the image and text towers")
+        train_clip(pairs, clip_dir, recipe.clip, "starter", resume=(clip_dir / CHECKPOINT).exists(),
+                   workers=workers, on_event=on_event, on_load=on_progress)
+    seconds["clip"] = time.monotonic() - started
+
+    audio_dir = work / "audio"
+    started = time.monotonic()
+    if not _done(audio_dir):
+        stage("training the audio tower")
+        train_audio(pairs, str(clip_dir), audio_dir, recipe.audio, resume=(audio_dir / CHECKPOINT).exists(),
+                    workers=workers, on_event=on_event, on_load=on_progress)
+    seconds["audio"] = time.monotonic() - started
+
+    stage("storing float16 weights and evaluating")
+    started = time.monotonic()
+    encoder = create_encoder(str(audio_dir), device="cpu")
+    config = replace(encoder.config, name="starter", description="The bundled starter model, trained on xmodal's "
+                                                                  "synthetic shapes-and-sounds world (see README.md).")
+    shutil.rmtree(out, ignore_errors=True)
+    save_model_dir(out, config, {"clip": encoder.clip_model, "audio": encoder.audio_tower}, dtype=torch.float16)
+    reports = {split: evaluate(str(out), pairs, split, "split", workers) for split in ("test", "heldout")}
+    reports["heldout (gallery: test + heldout)"] = evaluate(str(out), pairs, "heldout", "all", workers)
+    seconds["evaluation"] = time.monotonic() - started
+    size = sum(p.stat().st_size for p in out.iterdir())
+    histories = {name: json.loads((work / name / HISTORY).read_text()) for name in ("clip", "audio")}
+    (out / "eval.json").write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps({"recipe": _recipe_dict(recipe), "seconds": seconds,
+                                                   "stages": histories}, indent=2) + "\n")
+    from retrieval.training.model_card import starter_card
+
+    (out / "README.md").write_text(starter_card(recipe, reports, seconds, size, histories))
+    return StarterResult(out, seconds, reports, size)
+
+
+def _recipe_dict(recipe: StarterRecipe) -> dict:
+    return asdict(recipe)
