@@ -55,7 +55,7 @@ def _reporter(title: str):
             figures = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k != "score")
             mark = "  best so far" if event.improved else ""
             output.stderr.print(f"epoch {event.epoch:>3}: validation {event.metrics['score']:.3f} ({figures}){mark}",
-                                highlight=False)
+                                highlight=False, soft_wrap=True)
 
     try:
         yield on_event
@@ -172,7 +172,7 @@ def print_report(report) -> None:
                       f"{m['median_rank']:g}", str(m["queries"]), str(m["gallery"]))
     output.stdout.print(table)
     for warning in report.warnings:
-        output.stderr.print(f"warning: {warning}", highlight=False)
+        output.stderr.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     if report.dropped:
         output.stderr.print(f"{len(report.dropped)} pairs skipped (first: {report.dropped[0]})", highlight=False)
 
