@@ -253,3 +253,12 @@ def test_float16_weights_load_and_agree(trained_clip, tmp_path):
     assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
     texts = ["a big red circle on grey", "small green cross"]
     assert (np.sum(full.encode_text(texts) * half.encode_text(texts), axis=1) > 0.999).all()
+
+
+def test_train_starter_refuses_an_out_folder_it_would_destroy(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("years of work")
+    result = run_xmodal("train", "starter", "--out", str(tmp_path / "mine"), "--work", str(tmp_path / "work"))
+    assert result.returncode == 2 and "not an earlier starter model" in result.stderr
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "years of work"
+    assert not (tmp_path / "work").exists()  # refused before any work started

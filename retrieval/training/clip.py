@@ -179,7 +179,7 @@ def train_clip(pairs_file: Path, out: Path, options: TrainOptions, architecture:
 
     base_dir = resolve_model_dir(base) if base is not None else None
     if base_dir is not None:
-        config = load_config(base_dir)
+        config = replace(load_config(base_dir), name=Path(out).name)
         if config.model_cfg is None:
             raise TrainingDataError(f"{base} uses downloaded open_clip towers; fine-tuning them is not supported "
                                     f"(train an audio tower for them with `xmodal train audio --base {base}`)")

@@ -211,7 +211,8 @@ def _end_epoch(task: Task, state: dict, epoch: int, options: TrainOptions, out: 
     _train_mode(task, False)
     with torch.no_grad():
         metrics = task.validate()
-    improved = metrics["score"] > state["best_score"] + 1e-4
+    # The first validation always keeps its weights, even with a NaN score: some model must be written.
+    improved = state["best_epoch"] == 0 or metrics["score"] > state["best_score"] + 1e-4
     if improved:
         state.update(best_score=metrics["score"], best_epoch=epoch, bad_epochs=0)
         task.save(out)

@@ -3,7 +3,7 @@
     {"image": "images/a.png", "audio": "audio/a.wav", "captions": ["a red circle"],
      "split": "train", "concept": "red circle", "attributes": {"colour": "red", ...}}
 
-Paths are relative to the pairs file. `split` defaults to "train". `concept` names what the item
+Paths are relative to the pairs file (or absolute). `split` defaults to "train". `concept` names what the item
 shows; items that share it are the same thing to the loss (not negatives of each other) and to the
 evaluation (a hit). Without it, the attributes, or else the first caption, stand for the concept;
 an item with neither is its own concept.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from retrieval.errors import TrainingStateError
 from retrieval.training.evaluate import EvalReport, evaluate
 from retrieval.training.loop import CHECKPOINT, HISTORY, TrainEvent, TrainOptions
 
@@ -57,6 +58,7 @@ def train_starter(out: Path, work: Path, recipe: StarterRecipe = StarterRecipe()
 
     stage = on_stage or (lambda name: None)
     work, out = Path(work), Path(out)
+    _check_out(out)  # before, not after, a quarter of an hour of training
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     corpus = work / "corpus"
@@ -104,6 +106,20 @@ def train_starter(out: Path, work: Path, recipe: StarterRecipe = StarterRecipe()
 
     (out / "README.md").write_text(starter_card(recipe, reports, seconds, size, histories))
     return StarterResult(out, seconds, reports, size)
+
+
+def _check_out(out: Path) -> None:
+    """`out` is replaced at the end: it must be empty or an earlier starter model, nothing else."""
+    from retrieval.encoders.config import CONFIG_NAME
+
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    try:
+        earlier = json.loads((out / CONFIG_NAME).read_text()).get("name") == "starter"
+    except (OSError, ValueError, AttributeError):
+        earlier = False
+    if not earlier:
+        raise TrainingStateError(f"{out} exists and is not an earlier starter model: choose another --out")
 
 
 def _recipe_dict(recipe: StarterRecipe) -> dict:
