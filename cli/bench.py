@@ -62,7 +62,7 @@ def bench_fsdd(
 ) -> None:
     """Spoken digit → handwritten digit on real data (FSDD recordings, scikit-learn's scans): build pairs, train
     image/text then audio towers, report every direction on the test split."""
-    from cli.train import _reporter, print_report
+    from cli.train import print_report, training_reporter
     from retrieval.bench import fsdd
 
     options = fsdd.FsddOptions(split=split.value, speaker=speaker, limit=limit, epochs_clip=epochs_clip,
@@ -78,7 +78,7 @@ def bench_fsdd(
     def stage(line: str) -> None:
         output.stderr.print(line, highlight=False)
 
-    with _reporter("training") as on_event:
+    with training_reporter("training") as (_loading, on_event):
         report = fsdd.run_fsdd_benchmark(data, out or fsdd.default_out(options), options, stage, on_event)
     for line in report.summary():
         output.stdout.print(line, highlight=False)

@@ -34,22 +34,26 @@ def _options(epochs, batch_size, lr, seed, patience, max_minutes, device, augmen
 
 
 @contextmanager
-def _reporter(title: str):
-    """Training events -> a progress bar with the loss (terminal) and one line per epoch (always)."""
-    bar = None
+def training_reporter(title: str):
+    """Yields (on_load, on_event): one progress line for decoding and then training (rich allows one
+    live display at a time), with the loss, on a terminal; one line per epoch everywhere."""
     progress = None
     if output.stderr.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[loss]}"), TextColumn("ETA"), TimeRemainingColumn(),
                             console=output.stderr, transient=True)
         progress.start()
-        bar = progress.add_task(title, total=None, loss="-")
+        bar = progress.add_task(title, total=None, loss="")
+
+    def on_load(done: int, total: int) -> None:
+        if progress is not None:
+            progress.update(bar, completed=done, total=total, loss="", description="decoding media")
 
     def on_event(event) -> None:
         if event.kind == "step" and progress is not None:
-            progress.update(bar, completed=event.step, total=event.steps, loss=f"{event.loss:.3f}",
+            progress.update(bar, completed=event.step, total=event.steps, loss=f"loss {event.loss:.3f}",
                             description=f"{title} epoch {event.epoch}/{event.epochs}")
         elif event.kind == "epoch":
             figures = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k != "score")
@@ -58,7 +62,7 @@ def _reporter(title: str):
                                 highlight=False, soft_wrap=True)
 
     try:
-        yield on_event
+        yield on_load, on_event
     finally:
         if progress is not None:
             progress.stop()
@@ -69,8 +73,9 @@ def _finish(result, prepared) -> None:
         output.stderr.print(f"skipped pair {line}", highlight=False)
     if len(prepared.dropped) > 10:
         output.stderr.print(f"... and {len(prepared.dropped) - 10} more pairs skipped")
+    epochs = f"{result.epochs_run} epoch{'' if result.epochs_run == 1 else 's'}"
     output.stdout.print(
-        f"trained in {output.format_seconds(result.seconds)} ({result.epochs_run} epochs, {result.stopped}); "
+        f"trained in {output.format_seconds(result.seconds)} ({epochs}, {result.stopped}); "
         f"best validation {result.best_score:.3f} at epoch {result.best_epoch}; model in {result.out}",
         highlight=False)
 
@@ -98,7 +103,7 @@ def train_clip(
     from retrieval.training.clip import train_clip as run
 
     options = _options(epochs, batch_size, lr, seed, patience, max_minutes, device, augment, weight_decay)
-    with output.progress_bar("decoding images", True) as loading, _reporter("clip") as on_event:
+    with training_reporter("clip") as (loading, on_event):
         result, prepared = run(pairs, out, options, arch, base, resume, workers, on_event, loading)
     _finish(result, prepared)
 
@@ -130,7 +135,7 @@ def train_audio(
     except ValueError:
         raise typer.BadParameter("--channels takes comma-separated integers, e.g. 16,32,64,128") from None
     options = _options(epochs, batch_size, lr, seed, patience, max_minutes, device, augment, weight_decay)
-    with output.progress_bar("decoding media", True) as loading, _reporter("audio") as on_event:
+    with training_reporter("audio") as (loading, on_event):
         result, prepared = run(pairs, base, out, options, widths, resume, workers, on_event, loading)
     _finish(result, prepared)
 
@@ -192,7 +197,7 @@ def train_starter(
     def stage(text: str) -> None:
         output.stderr.print(f"[bold]{text}[/bold]")
 
-    with output.progress_bar("preparing", True) as progress, _reporter("starter") as on_event:
+    with training_reporter("starter") as (progress, on_event):
         result = run(out, work, workers=workers, on_stage=stage, on_event=on_event, on_progress=progress)
     for name, report in result.reports.items():
         output.stdout.print(f"\n{name}:")
