@@ -102,8 +102,6 @@ def prepare_folder(out: Path) -> None:
 def write_collection(media: Path, images: int, sounds: int, seed: int, concepts: int = 60) -> dict[str, Concept]:
     """Images and sounds of `concepts` concepts (every present one the queries ask for among them),
     none with the absent shape or colour, each concept several times: path -> concept."""
-    import soundfile
-
     rng = np.random.default_rng(seed)
     asked = [c for c in dict.fromkeys(_concept_of_text(text) for _, text, _ in QUERIES) if _present(c)]
     others = [c for c in world.all_concepts() if _present(c) and c not in asked]
@@ -114,14 +112,12 @@ def write_collection(media: Path, images: int, sounds: int, seed: int, concepts:
         for index in range(count):
             concept = picked[index % len(picked)]
             item_rng = np.random.default_rng([seed, 1 if kind == "images" else 2, index])
-            name = f"{kind}/{_slug(concept)}-{index:04d}"
+            name = f"{kind}/{_slug(concept)}-{index:04d}" + (".png" if kind == "images" else ".wav")
             if kind == "images":
-                world.render_image(concept, item_rng).save(media / f"{name}.png")
-                written[f"{name}.png"] = concept
+                world.render_image(concept, item_rng).save(media / name)
             else:
-                soundfile.write(media / f"{name}.wav", world.render_sound(concept, item_rng), world.SAMPLE_RATE,
-                                subtype="PCM_16")
-                written[f"{name}.wav"] = concept
+                world.write_sound(media / name, concept, item_rng)
+            written[name] = concept
     return written
 
 
@@ -134,8 +130,6 @@ def run_demo(out: Path, model: str = "starter", images: int = 240, sounds: int =
         FileExistsError: `out` holds something other than an earlier demo.
         ModelNotFoundError, ModelLoadError: the model cannot be loaded.
     """
-    import soundfile
-
     from retrieval.compose import build_engine, run_index
     from retrieval.demo_report import write_report
     from retrieval.settings import load_settings
@@ -170,9 +164,8 @@ def run_demo(out: Path, model: str = "starter", images: int = 240, sounds: int =
         if kind == "text":
             result = engine.search_text(text, k, target)
         else:
-            wave = world.render_sound(concept, np.random.default_rng([seed, 99, number]))
             answer.query_file = f"queries/{_slug(concept)}.wav"
-            soundfile.write(out / answer.query_file, wave, world.SAMPLE_RATE, subtype="PCM_16")
+            world.write_sound(out / answer.query_file, concept, np.random.default_rng([seed, 99, number]))
             result = engine.search_file(out / answer.query_file, "audio", k, target)
         answer.millis = (time.perf_counter() - begin) * 1000
         for rank, hit in enumerate(result.results, 1):

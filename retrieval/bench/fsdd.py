@@ -41,6 +41,7 @@ from retrieval.bench.fsdd_pairs import (  # noqa: F401 (re-exported: the CLI and
     prepare_out,
     select_recordings,
 )
+from retrieval.bench.machine import cpu_name
 
 if TYPE_CHECKING:
     from retrieval.training.evaluate import EvalReport
@@ -129,7 +130,7 @@ def _machine(device: str) -> tuple[dict[str, object], dict[str, str]]:
     import sklearn
     import torch
 
-    machine: dict[str, object] = {"platform": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    machine: dict[str, object] = {"platform": cpu_name(),
                                   "cpu_count": os.cpu_count() or 0, "torch_threads": torch.get_num_threads(),
                                   "device": device}
     if device.startswith("cuda"):

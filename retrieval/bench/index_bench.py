@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.bench.machine import cpu_name
+
 
 @dataclass
 class IndexBenchReport:
@@ -143,7 +145,7 @@ def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 5
         report = IndexBenchReport(
             model=model, files=len(files), images=len(manifest.images), sounds=len(manifest.sounds),
             hostile=len(manifest.hostile), workers=workers, torch_threads=torch.get_num_threads(),
-            cpu_count=os.cpu_count() or 0, machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
+            cpu_count=os.cpu_count() or 0, machine=cpu_name(),
             versions={"torch": torch.__version__, "open_clip": open_clip.__version__, "faiss": faiss.__version__,
                       "python": platform.python_version()},
             repeats=repeats,

@@ -137,8 +137,6 @@ def _ignore_interrupts() -> None:
 
 def _make_item(task: _Task) -> dict:
     """Render, write and describe one item: its pairs.jsonl record (paths relative to the corpus)."""
-    import soundfile
-
     def rng(stream: int) -> np.random.Generator:
         return np.random.default_rng([task.seed, SPLITS.index(task.split), task.item, stream])
 
@@ -147,8 +145,7 @@ def _make_item(task: _Task) -> dict:
     out = Path(task.out)
     world.render_image(task.concept, rng(IMAGE_STREAM), task.image_size).save(out / image_path, "PNG")
     sound = io.BytesIO()
-    wave = world.render_sound(task.concept, rng(SOUND_STREAM), world.SAMPLE_RATE)
-    soundfile.write(sound, wave, world.SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    world.write_sound(sound, task.concept, rng(SOUND_STREAM))
     (out / audio_path).write_bytes(sound.getvalue())
     return {
         "id": item_id, "split": task.split, "image": image_path, "audio": audio_path,

@@ -230,6 +230,13 @@ BELL_RATIOS = (1.0, 2.4, 3.9, 5.4)
 BELL_AMPLITUDES = (1.0, 0.55, 0.35, 0.22)
 
 
+def write_sound(target, concept: Concept, rng: np.random.Generator) -> None:
+    """Render `concept`'s sound and write it as a 16-bit WAV to `target` (a path or a binary file)."""
+    import soundfile
+
+    soundfile.write(target, render_sound(concept, rng), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+
+
 def colour_pitch(colour: str) -> float:
     """The fundamental (Hz) that carries a colour, before jitter."""
     return BASE_PITCH * 2 ** (3 * COLOURS.index(colour) / 12)

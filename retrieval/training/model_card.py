@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
+from retrieval.bench.machine import cpu_name
 from retrieval.training.evaluate import EvalReport
 
 # The targets for the starter: (report, direction) -> minimum R@1.
@@ -15,16 +16,6 @@ TARGETS = {
     ("heldout", "text→image"): 0.75,
     ("heldout", "audio→image"): 0.60,
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def _date() -> str:
@@ -55,7 +46,7 @@ def starter_card(recipe, reports: dict[str, EvalReport], seconds: dict[str, floa
     total = sum(seconds.values())
     minutes = {k: f"{v / 60:.1f} min" for k, v in seconds.items()}
     clip, audio = histories["clip"], histories["audio"]
-    machine = f"{_cpu_name()} ({os.cpu_count()} logical cores), Python {platform.python_version()}, {_date()}"
+    machine = f"{cpu_name()} ({os.cpu_count()} logical cores), Python {platform.python_version()}, {_date()}"
     sections = [
         "# starter: xmodal's bundled model",
         "",

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from retrieval.errors import TrainingStateError
-from retrieval.training.evaluate import EvalReport, evaluate
+from retrieval.training.data import prepare_pairs
+from retrieval.training.evaluate import EvalReport, embed_pairs, rank_split
 from retrieval.training.loop import CHECKPOINT, HISTORY, TrainEvent, TrainOptions
 
 
@@ -94,13 +95,16 @@ def train_starter(out: Path, work: Path, recipe: StarterRecipe = StarterRecipe()
                                                                   "synthetic shapes-and-sounds world (see README.md).")
     shutil.rmtree(out, ignore_errors=True)
     save_model_dir(out, config, {"clip": encoder.clip_model, "audio": encoder.audio_tower}, dtype=torch.float16)
-    reports = {split: evaluate(str(out), pairs, split, "split", workers) for split in ("test", "heldout")}
-    reports["heldout (gallery: test + heldout)"] = evaluate(str(out), pairs, "heldout", "all", workers)
+    starter = create_encoder(str(out), device="cpu")
+    embedded = embed_pairs(starter, prepare_pairs(pairs, ("test", "heldout"), starter.inputs, need=(),
+                                                  decode=("image", "audio"), workers=workers))
+    reports = {split: rank_split(embedded, str(out), pairs, split) for split in ("test", "heldout")}
+    reports["heldout (gallery: test + heldout)"] = rank_split(embedded, str(out), pairs, "heldout", "all")
     seconds["evaluation"] = time.monotonic() - started
     size = sum(p.stat().st_size for p in out.iterdir())
     histories = {name: json.loads((work / name / HISTORY).read_text()) for name in ("clip", "audio")}
     (out / "eval.json").write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
-    (out / "training.json").write_text(json.dumps({"recipe": _recipe_dict(recipe), "seconds": seconds,
+    (out / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "seconds": seconds,
                                                    "stages": histories}, indent=2) + "\n")
     from retrieval.training.model_card import starter_card
 
@@ -120,7 +124,3 @@ def _check_out(out: Path) -> None:
         earlier = False
     if not earlier:
         raise TrainingStateError(f"{out} exists and is not an earlier starter model: choose another --out")
-
-
-def _recipe_dict(recipe: StarterRecipe) -> dict:
-    return asdict(recipe)

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile
 
 from retrieval.data import world
 from retrieval.data.world import Concept
@@ -34,8 +33,7 @@ def write_pairs(out: Path, per_concept: dict[str, int], seed: int = 0, concepts=
                 rng = np.random.default_rng([seed, split_index, c_index, i])
                 name = f"{split}-{c_index}-{i}"
                 world.render_image(concept, rng, size=image_size).save(out / "images" / f"{name}.png")
-                soundfile.write(out / "audio" / f"{name}.wav", world.render_sound(concept, rng), world.SAMPLE_RATE,
-                                subtype="PCM_16")
+                world.write_sound(out / "audio" / f"{name}.wav", concept, rng)
                 lines.append({"id": name, "split": split, "image": f"images/{name}.png", "audio": f"audio/{name}.wav",
                               "captions": world.captions(concept, rng, 2), "concept": concept.key})
     path = out / "pairs.jsonl"
