@@ -90,3 +90,22 @@ def bench_fsdd(
         target = fsdd.json_target(json_out, options)
         target.write_text(report.to_json())
         output.stdout.print(f"figures written to {target}", highlight=False)
+
+
+@bench_app.command("api")
+@translate_errors
+def bench_api(
+    db: Path = typer.Option(..., "--db", envvar="XMODAL_DB", help="Collection to serve (e.g. the demo's db folder)."),
+    requests: int = typer.Option(400, "--requests", min=10, help="Requests per concurrency level."),
+    concurrency: list[int] = typer.Option([1, 8], "--concurrency", "-c", min=1, max=256,
+                                          help="Concurrent clients (repeatable)."),
+    k: int = typer.Option(10, "-k", min=1, max=1000),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """`/search/text` p50/p99 over real HTTP at each concurrency, beside in-process search and `/health`."""
+    from retrieval.bench.api_bench import run_api_benchmark
+
+    report = run_api_benchmark(db, requests, tuple(concurrency), k)
+    output.stdout.print(report.table(), highlight=False)
+    if json_out:
+        json_out.write_text(report.to_json())

@@ -28,6 +28,7 @@ def _classify(error: BaseException) -> int | None:
         StoreError,
     )
     from retrieval.errors import (
+        ItemNotFoundError,
         ModelLoadError,
         ModelNotFoundError,
         QueryError,
@@ -42,7 +43,7 @@ def _classify(error: BaseException) -> int | None:
         ((DatabaseLockedError,), EXIT_LOCKED),
         ((ModelNotFoundError, ModelLoadError), EXIT_MODEL),
         ((StorageFullError, DatabaseCorruptError), EXIT_STORAGE),
-        ((QueryError, MediaError, TrainingDataError, TrainingStateError), EXIT_USAGE),
+        ((QueryError, ItemNotFoundError, MediaError, TrainingDataError, TrainingStateError), EXIT_USAGE),
         ((TrainingInterrupted,), EXIT_INTERRUPTED),
         ((EncoderMismatchError, StoreError, WorkerStartError), EXIT_FATAL),
     ):

@@ -154,7 +154,7 @@ def errors(
 
 
 def _register_groups() -> None:
-    from cli import bench, data, demo, models, train
+    from cli import bench, data, demo, models, serve, train
 
     app.add_typer(models.model_app, name="model")
     app.command("models")(models.list_models)
@@ -163,6 +163,7 @@ def _register_groups() -> None:
     app.add_typer(train.train_app, name="train")
     app.command("eval")(train.evaluate)
     app.command("demo")(demo.demo)
+    app.command("serve")(serve.serve)
 
 
 _register_groups()

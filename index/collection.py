@@ -15,6 +15,7 @@ fails its checksum), the indexes are rebuilt from the stored vectors, never by r
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,23 @@ def read_encoder_identity(db_dir: Path) -> EncoderIdentity | None:
         return _stored_identity(store)
     finally:
         store.close()
+
+
+ROOTS_KEY = "roots"
+
+
+def indexed_roots(store: Store) -> list[str] | None:
+    """The absolute folders (or files) ever indexed into this store; None for a store from before
+    roots were recorded."""
+    value = store.get_meta(ROOTS_KEY)
+    return json.loads(value) if value else None
+
+
+def record_roots(store: Store, roots: list[str]) -> None:
+    """Remember indexed roots: files are only ever served from inside one of them."""
+    known = set(indexed_roots(store) or [])
+    if not set(roots) <= known:
+        store.set_meta({ROOTS_KEY: json.dumps(sorted(known | set(roots)))})
 
 
 def _stored_identity(store: Store) -> EncoderIdentity | None:

@@ -203,6 +203,16 @@ class Store:
             row = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
         return _item(row) if row else None
 
+    def item_vector(self, item_id: int, dim: int) -> np.ndarray | None:
+        """The item's own vector (the pooled one for a sound), or None if the item is gone."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT embedding FROM vectors WHERE item_id = ? AND kind = 'item' ORDER BY id LIMIT 1", (item_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return np.frombuffer(row[0], dtype="<f4").reshape(dim).astype(np.float32)
+
     def resolve_vectors(self, vector_ids: Iterable[int]) -> dict[int, ResolvedVector]:
         """Map FAISS ids to their items in one join; ids of deleted vectors are simply absent."""
         ids = [int(i) for i in vector_ids if i >= 0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.collection import STORE_NAME, Collection, read_encoder_identity
+from index.collection import STORE_NAME, Collection, read_encoder_identity, record_roots
 from index.errors import StoreError
 from index.lock import WriterLock
 from index.manifest import EncoderIdentity, load_manifest
@@ -65,6 +65,7 @@ def run_index(settings: Settings, paths: list[Path], progress: ProgressCallback 
         options = IndexOptions(workers=settings.workers or default_workers(), batch_size=settings.batch_size,
                                limits=settings.limits, exclude=[str(settings.db_dir)])
         try:
+            record_roots(collection.store, roots)
             summary = index_paths(roots, collection, encoder, options, progress)
             summary.index_status = collection.status.state
             _save_if_stale(collection)

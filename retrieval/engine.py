@@ -16,13 +16,15 @@ import numpy as np
 
 from index.collection import Collection
 from index.records import MODALITIES
-from retrieval.errors import QueryError
-from retrieval.indexing.prepare import decode_media, read_file
+from retrieval.errors import ItemNotFoundError, QueryError, QueryFileError
+from retrieval.indexing.prepare import Decoded, decode_media, read_file
 from retrieval.media.errors import MediaError
 from retrieval.media.limits import MediaLimits
+from retrieval.media.sniff import HEAD_BYTES, check_declared_type, sniff
 
 if TYPE_CHECKING:
     from retrieval.encoders.model import Encoder
+    from retrieval.query_batcher import QueryBatcher
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 2000
@@ -54,6 +56,13 @@ class SearchResult:
                 "results": [hit.to_dict() for hit in self.results]}
 
 
+def _embed_decoded(encoder: Encoder, decoded: Decoded) -> np.ndarray:
+    """The query vector (dim,) of a decoded image or sound (a sound's pooled vector)."""
+    if decoded.info.modality == "image":
+        return encoder.encode_pixels(decoded.pixels[None])[0]
+    return encoder.embed_log_mels([decoded.log_mel], [decoded.info.duration])[0].pooled
+
+
 def check_k(k: int) -> int:
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
@@ -67,8 +76,38 @@ class SearchEngine:
         self.encoder = encoder
         self.collection = collection
         self.limits = limits or MediaLimits()
+        self.batcher: QueryBatcher | None = None  # set by a server: all encoding on one thread
+
+    def start_batching(self, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
+        """Route every query encoding through one thread that batches concurrent text queries."""
+        from retrieval.query_batcher import QueryBatcher
+
+        if self.batcher is None:
+            self.batcher = QueryBatcher(self.encoder, max_batch, max_wait_ms)
+
+    def warm_up(self) -> None:
+        """Run one text, one image and one sound through decoding and the towers, so that the first
+        real query does not pay for lazy imports and first-call allocations (about a second)."""
+        import io
+        import wave
+
+        from PIL import Image
+
+        image = io.BytesIO()
+        Image.new("RGB", (32, 32), (128, 128, 128)).save(image, "PNG")
+        sound = io.BytesIO()
+        with wave.open(sound, "wb") as writer:
+            writer.setnchannels(1)
+            writer.setsampwidth(2)
+            writer.setframerate(16000)
+            writer.writeframes(np.zeros(16000, dtype="<i2").tobytes())
+        self.search_text("warm up", 1)
+        self.search_bytes(image.getvalue(), "warm-up.png", "image", 1)
+        self.search_bytes(sound.getvalue(), "warm-up.wav", "audio", 1)
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.collection.close()
 
     # ---------------------------------------------------------------- queries
@@ -79,32 +118,69 @@ class SearchEngine:
             raise QueryError("the text query is empty")
         if len(text) > MAX_QUERY_CHARS:
             raise QueryError(f"the text query is longer than {MAX_QUERY_CHARS} characters")
-        vector = self.encoder.encode_text([text])[0]
+        check_k(k)
+        if self.batcher is not None:
+            vector = self.batcher.encode_text(text)
+        else:
+            vector = self.encoder.encode_text([text])[0]
         return SearchResult("text", text, self.search_vector(vector, k, modality))
 
     def search_file(self, path: str | Path, expected: str, k: int = 10, modality: str = "all") -> SearchResult:
         """Search with an image or audio file, decoded exactly as indexing decodes it.
 
         Raises:
-            QueryError: the file is unreadable, not media, or not of the `expected` modality.
+            QueryFileError: the file is unreadable, not media, or not of the `expected` modality.
         """
         try:
             data, _info = read_file(str(path), self.limits)
-            decoded = decode_media(data, str(path), self.encoder.inputs, self.limits)
         except MediaError as error:
-            raise QueryError(f"cannot use {path} as a query: {error}") from None
-        if decoded is None:
-            raise QueryError(f"{path} is not an image or a sound")
-        if decoded.info.modality != expected:
-            flag = "--audio" if decoded.info.modality == "audio" else "--image"
-            raise QueryError(f"{path} is {decoded.info.modality}, not {expected}; use {flag}")
-        vector = self.embed_decoded(decoded)
-        return SearchResult(expected, str(path), self.search_vector(vector, k, modality))
+            raise QueryFileError(f"cannot use {path} as a query: {error}", error.error_class.value) from None
+        return self.search_bytes(data, str(path), expected, k, modality)
 
-    def embed_decoded(self, decoded) -> np.ndarray:
-        if decoded.info.modality == "image":
-            return self.encoder.encode_pixels(decoded.pixels[None])[0]
-        return self.encoder.embed_log_mels([decoded.log_mel], [decoded.info.duration])[0].pooled
+    def search_bytes(self, data: bytes, name: str, expected: str, k: int = 10, modality: str = "all",
+                     media_type: str | None = None) -> SearchResult:
+        """Search with the bytes of an image or sound (an upload); `name` labels it in messages.
+
+        Args:
+            media_type: the type its sender declared (an upload's Content-Type), checked against
+                the bytes; None or application/octet-stream declare nothing.
+
+        Raises:
+            QueryFileError: refused, damaged, oversized, not media, of the wrong modality, or not of
+                the declared type (`reason` says which).
+        """
+        check_k(k)
+        if len(data) > self.limits.max_file_bytes:
+            raise QueryFileError(f"{name} is larger than the cap of {self.limits.max_file_bytes} bytes", "TOO_LARGE")
+        try:
+            found = sniff(data[:HEAD_BYTES])
+            if found is not None:
+                check_declared_type(media_type, found)
+            decoded = decode_media(data, name, self.encoder.inputs, self.limits)
+        except MediaError as error:
+            raise QueryFileError(f"cannot use {name} as a query: {error}", error.error_class.value) from None
+        if decoded is None:
+            raise QueryFileError(f"{name} is not an image or a sound xmodal can read", "NOT_MEDIA")
+        if decoded.info.modality != expected:
+            hint = "--audio" if decoded.info.modality == "audio" else "--image"
+            raise QueryFileError(f"{name} is {decoded.info.modality}, not {expected} (use {hint} or "
+                                 f"/search/{decoded.info.modality})", "WRONG_MODALITY")
+        if self.batcher is not None:
+            vector = self.batcher.run(lambda encoder: _embed_decoded(encoder, decoded))
+        else:
+            vector = _embed_decoded(self.encoder, decoded)
+        return SearchResult(expected, name, self.search_vector(vector, k, modality))
+
+    def search_item(self, item_id: int, k: int = 10, modality: str = "all") -> SearchResult:
+        """"More like this": search with an indexed item's own stored vector (no decoding).
+
+        Raises:
+            ItemNotFoundError: no item has this id.
+        """
+        vector = self.collection.store.item_vector(item_id, self.encoder.dim)
+        if vector is None:
+            raise ItemNotFoundError(f"no item with id {item_id}")
+        return SearchResult("item", str(item_id), self.search_vector(vector, k, modality))
 
     # ---------------------------------------------------------------- core
 

@@ -23,6 +23,20 @@ class QueryError(ValueError):
     """A query that cannot be answered as given (empty text, bad k, unreadable query file)."""
 
 
+class QueryFileError(QueryError):
+    """A query file (or upload) that cannot be used. `reason` says why, so that the HTTP edge can
+    pick a status: an ErrorClass value of the loaders (TOO_LARGE, UNSUPPORTED, CORRUPT...), or
+    WRONG_MODALITY, NOT_MEDIA and TYPE_MISMATCH (the declared content type contradicts the bytes)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ItemNotFoundError(LookupError):
+    """No item has this id (never had, or it was deleted)."""
+
+
 class TrainingDataError(ValueError):
     """A pairs file that cannot be trained or evaluated on (the message names the line and field)."""
 

@@ -38,3 +38,98 @@ def load_settings(db: Path | None = None, model: str | None = None, **overrides)
         workers=workers,
         **overrides,
     )
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class ServerSettingsError(ValueError):
+    """Server options that would be unsafe or cannot work (an open address without an API key)."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How `xmodal serve` listens and what it allows; read by the API from `XMODAL_*` variables."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    # Host headers accepted (DNS rebinding defence). Empty: the loopback names, plus the bind
+    # address when it is a specific one; "*" accepts any (only sensible behind a proxy).
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # CORS stays closed unless origins are named
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_active_searches: int = 32  # more at once are answered 429 with Retry-After
+    reload_seconds: float = 1.0  # how often to look for a new index generation
+    batch_wait_ms: float = 0.0  # extra wait to gather concurrent text queries into one batch
+
+    def checked(self) -> ServerSettings:
+        """These settings, or an error saying what makes them unsafe or unusable.
+
+        Raises:
+            ServerSettingsError: a non-loopback address without an API key, a key too short, bad limits.
+        """
+        if self.host not in LOOPBACK_HOSTS and not self.api_key:
+            raise ServerSettingsError(
+                f"refusing to listen on {self.host} without an API key: anyone who can reach it could "
+                f"search and download your files. Give --api-key KEY (or set XMODAL_API_KEY), or bind to 127.0.0.1")
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ServerSettingsError("the API key must be at least 16 characters long")
+        if self.max_upload_bytes < 1024:
+            raise ServerSettingsError("the upload limit must be at least 1 KiB")
+        if not 1 <= self.port <= 65535:
+            raise ServerSettingsError(f"port must be between 1 and 65535, got {self.port}")
+        return self
+
+    def host_names(self) -> frozenset[str]:
+        """Host header values (without port) the server answers to."""
+        if self.allowed_hosts:
+            return frozenset(name.lower() for name in self.allowed_hosts)
+        names = set(LOOPBACK_HOSTS) | {"[::1]"}
+        if self.host not in ("0.0.0.0", "::", ""):
+            names.add(self.host.lower())
+        else:
+            names.add("*")  # listening everywhere: the API key is the guard
+        return frozenset(names)
+
+    def to_environment(self) -> dict[str, str]:
+        """The variables `load_server_settings` reads (how `xmodal serve` hands them to the app)."""
+        values = {
+            "XMODAL_HOST": self.host, "XMODAL_PORT": str(self.port),
+            "XMODAL_ALLOWED_HOSTS": ",".join(self.allowed_hosts), "XMODAL_CORS_ORIGINS": ",".join(self.cors_origins),
+            "XMODAL_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+            "XMODAL_MAX_ACTIVE_SEARCHES": str(self.max_active_searches),
+            "XMODAL_RELOAD_SECONDS": str(self.reload_seconds), "XMODAL_BATCH_WAIT_MS": str(self.batch_wait_ms),
+        }
+        if self.api_key:
+            values["XMODAL_API_KEY"] = self.api_key
+        return values
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def load_server_settings(environ: dict[str, str] | None = None) -> ServerSettings:
+    """Server settings from `XMODAL_*` variables (defaults where unset), checked.
+
+    Raises:
+        ServerSettingsError: unsafe or malformed values.
+    """
+    env = os.environ if environ is None else environ
+    defaults = ServerSettings()
+    try:
+        settings = ServerSettings(
+            host=env.get("XMODAL_HOST") or defaults.host,
+            port=int(env.get("XMODAL_PORT") or defaults.port),
+            api_key=env.get("XMODAL_API_KEY") or None,
+            allowed_hosts=_split(env.get("XMODAL_ALLOWED_HOSTS")),
+            cors_origins=_split(env.get("XMODAL_CORS_ORIGINS")),
+            max_upload_bytes=int(env.get("XMODAL_MAX_UPLOAD_BYTES") or defaults.max_upload_bytes),
+            max_active_searches=int(env.get("XMODAL_MAX_ACTIVE_SEARCHES") or defaults.max_active_searches),
+            reload_seconds=float(env.get("XMODAL_RELOAD_SECONDS") or defaults.reload_seconds),
+            batch_wait_ms=float(env.get("XMODAL_BATCH_WAIT_MS") or defaults.batch_wait_ms),
+        )
+    except ValueError as error:
+        raise ServerSettingsError(f"bad server setting in the environment: {error}") from None
+    return settings.checked()

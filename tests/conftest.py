@@ -63,3 +63,11 @@ def run_xmodal(*args: str, check: bool = False, timeout: float = 300,
 def run_json(*args: str, **kwargs):
     result = run_xmodal(*args, "--json", check=True, **kwargs)
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The demo collection (`xmodal demo`): 240 images and 120 sounds indexed with the starter model."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    run_xmodal("demo", "--out", str(out), check=True, timeout=300)
+    return out

@@ -74,6 +74,36 @@ def sniff(head: bytes) -> Sniffed | None:
     return None
 
 
+# Media types a client may declare for an upload, and the sniffed format each one promises.
+_DECLARED = {
+    "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/pjpeg": "jpeg", "image/png": "png", "image/apng": "png",
+    "image/gif": "gif", "image/webp": "webp", "image/bmp": "bmp", "image/x-bmp": "bmp", "image/x-ms-bmp": "bmp",
+    "audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/vnd.wave": "wav",
+    "audio/flac": "flac", "audio/x-flac": "flac", "audio/ogg": "ogg", "application/ogg": "ogg",
+    "audio/vorbis": "ogg", "audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/x-mp3": "mp3",
+}
+_UNDECLARED = {"", "application/octet-stream", "binary/octet-stream"}
+
+
+def check_declared_type(media_type: str | None, found: Sniffed) -> None:
+    """Refuse content whose bytes contradict the media type its sender declared.
+
+    "No type" and application/octet-stream declare nothing. A type of another modality, another
+    format, or one xmodal does not decode at all is a mismatch.
+
+    Raises:
+        MediaError(UNSUPPORTED): the declared type is not one xmodal accepts, or the bytes are not it.
+    """
+    declared = (media_type or "").split(";")[0].strip().lower()
+    if declared in _UNDECLARED:
+        return
+    promised = _DECLARED.get(declared)
+    if promised is None:
+        raise MediaError(ErrorClass.UNSUPPORTED, f"declared type {declared!r} is not an accepted image or audio type")
+    if promised != found.format:
+        raise MediaError(ErrorClass.UNSUPPORTED, f"declared as {declared} but the content is {found.format}")
+
+
 def classify_unknown(path: str, size: int) -> MediaError | None:
     """The error for content that is not accepted media, or None when the file is simply not media."""
     suffix = PurePath(path).suffix.lower()

@@ -1,0 +1,1 @@
+"""The FastAPI service and the web page served by `xmodal serve`."""

@@ -1,0 +1,1 @@
+"""One router per resource: searches, items, and the service itself (page, health, info)."""

@@ -1,0 +1,82 @@
+"""`POST /search/{text,image,audio,item}`: one query in, ranked items out (the CLI's JSON shape,
+plus URLs to fetch each result)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from api.deps import State
+from api.files import display_path, urls
+from api.schemas import ItemQuery, SearchResponse, Target, TextQuery, error_responses
+from api.state import ServerState
+from retrieval.engine import MAX_K, SearchResult
+
+router = APIRouter(prefix="/search", tags=["search"])
+
+_SEARCH_ERRORS = error_responses(400, 401, 422, 429, 503)
+_UPLOAD_ERRORS = error_responses(400, 401, 413, 415, 422, 429, 503)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+KField = Annotated[int, Form(ge=1, le=MAX_K, description="How many results.")]
+TargetField = Annotated[Target, Form(description="Search images, sounds, or both.")]
+UploadField = Annotated[UploadFile, File(description="The query file.")]
+
+
+def _response(state: ServerState, result: SearchResult, started: float) -> dict:
+    hits = []
+    for hit in result.results:
+        segment = {"start": hit.segment[0], "end": hit.segment[1]} if hit.segment else None
+        path = display_path(hit.path, state.roots)
+        hits.append({"id": hit.id, "modality": hit.modality, "score": round(hit.score, 6), "segment": segment,
+                     "path": path, "name": path.rsplit("/", 1)[-1], **urls(hit.id)})
+    return {"query": {"kind": result.query_kind, "value": result.query_value}, "results": hits,
+            "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+def _upload_name(upload: UploadFile, fallback: str) -> str:
+    """The client's file name, reduced to something safe to echo: no folders, no control characters."""
+    name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = _UNPRINTABLE.sub("", name).strip()[:200]
+    return name or fallback
+
+
+def _search_upload(state: ServerState, upload: UploadFile, expected: str, k: int, modality: str) -> dict:
+    started = time.perf_counter()
+    with state.admission.slot():
+        # BodyLimit has already bounded the request; this bounds what one part can hand us.
+        data = upload.file.read(state.server.max_upload_bytes + 1)
+        name = _upload_name(upload, f"uploaded {expected}")
+        result = state.engine.search_bytes(data, name, expected, k, modality, media_type=upload.content_type)
+        return _response(state, result, started)
+
+
+@router.post("/text", response_model=SearchResponse, responses=_SEARCH_ERRORS)
+def search_text(query: TextQuery, state: State) -> dict:
+    """Find images and sounds that match words."""
+    started = time.perf_counter()
+    with state.admission.slot():
+        return _response(state, state.engine.search_text(query.query, query.k, query.modality), started)
+
+
+@router.post("/image", response_model=SearchResponse, responses=_UPLOAD_ERRORS)
+def search_image(file: UploadField, state: State, k: KField = 10, modality: TargetField = "all") -> dict:
+    """Find images and sounds that match an uploaded picture (JPEG, PNG, GIF, WebP, BMP)."""
+    return _search_upload(state, file, "image", k, modality)
+
+
+@router.post("/audio", response_model=SearchResponse, responses=_UPLOAD_ERRORS)
+def search_audio(file: UploadField, state: State, k: KField = 10, modality: TargetField = "all") -> dict:
+    """Find images and sounds that match an uploaded sound (WAV, FLAC, Ogg Vorbis, MP3)."""
+    return _search_upload(state, file, "audio", k, modality)
+
+
+@router.post("/item", response_model=SearchResponse, responses=error_responses(401, 404, 422, 429, 503))
+def search_item(query: ItemQuery, state: State) -> dict:
+    """More like this: search with an indexed item's own vector."""
+    started = time.perf_counter()
+    with state.admission.slot():
+        return _response(state, state.engine.search_item(query.id, query.k, query.modality), started)

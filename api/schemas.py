@@ -1,0 +1,110 @@
+"""Request and response schemas: what `/openapi.json` promises and what responses are checked against."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval.engine import MAX_K, MAX_QUERY_CHARS
+
+Target = Literal["image", "audio", "all"]
+MAX_ITEM_ID = 2**63 - 1  # SQLite's INTEGER range; larger ids cannot exist
+
+
+class TextQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Words describing what to find.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many results.")
+    modality: Target = Field("all", description="Search images, sounds, or both.")
+
+
+class ItemQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=1, le=MAX_ITEM_ID, description="An indexed item: find more like it.")
+    k: int = Field(10, ge=1, le=MAX_K)
+    modality: Target = "all"
+
+
+class Segment(BaseModel):
+    start: float
+    end: float
+
+
+class Hit(BaseModel):
+    id: int
+    modality: Literal["image", "audio"]
+    score: float = Field(description="Cosine similarity to the query, -1..1.")
+    segment: Segment | None = Field(description="For a sound: the best-matching time range, in seconds.")
+    path: str = Field(description="Indexed folder name and the path below it.")
+    name: str
+    media_url: str
+    thumbnail_url: str
+
+
+class QueryEcho(BaseModel):
+    kind: Literal["text", "image", "audio", "item"]
+    value: str
+
+
+class SearchResponse(BaseModel):
+    query: QueryEcho
+    results: list[Hit]
+    took_ms: float
+
+
+class ItemResponse(BaseModel):
+    id: int
+    modality: Literal["image", "audio"]
+    format: str
+    name: str
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    duration: float | None
+    sample_rate: int | None
+    channels: int | None
+    indexed_at: float
+    media_url: str
+    thumbnail_url: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    generation: int
+    index: str = Field(description="loaded | rebuilt | stale | empty")
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_k: int
+    max_query_chars: int
+    max_audio_seconds: float
+    max_image_pixels: int
+
+
+class InfoResponse(BaseModel):
+    model: str
+    dim: int
+    items: dict[str, int]
+    vectors: dict[str, int]
+    index_specs: dict[str, str]
+    generation: int
+    index_current: bool
+    limits: Limits
+    auth: bool
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI entries for the error statuses a route can answer with."""
+    return {status: {"model": ErrorResponse} for status in statuses}

@@ -1,0 +1,58 @@
+"""`xmodal serve`: the HTTP API and the web page, with uvicorn.
+
+The options travel to the app as `XMODAL_*` environment variables and uvicorn builds it with
+`api.app:create_app` (the CLI never imports the API package itself).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from cli import output
+from cli.errors import EXIT_USAGE, fail, translate_errors
+
+
+@translate_errors
+def serve(
+    db: Path | None = typer.Option(None, "--db", envvar="XMODAL_DB", help="Collection directory to serve."),
+    model: str | None = typer.Option(None, "--model", "-m", envvar="XMODAL_MODEL",
+                                     help="Model spec (default: the one the collection was built with)."),
+    host: str = typer.Option("127.0.0.1", "--host", envvar="XMODAL_HOST",
+                             help="Address to listen on. Anything but loopback needs --api-key."),
+    port: int = typer.Option(8000, "--port", envvar="XMODAL_PORT", min=1, max=65535),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY", show_default=False,
+                                       help="Require `Authorization: Bearer KEY` (at least 16 characters)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host",
+                                           help="Host header to accept (repeatable; default: loopback names "
+                                                "and the bind address). '*' accepts any."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Origin allowed to call the API from a "
+                                                                    "browser (repeatable; default: none)."),
+    max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", min=0.01, help="Largest upload, in MiB."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: warning, info, debug."),
+) -> None:
+    """Serve the search API and the web page for one collection (http://127.0.0.1:8000 by default)."""
+    from retrieval.compose import collection_info
+    from retrieval.settings import ServerSettings, ServerSettingsError, load_settings
+
+    settings = load_settings(db=db, model=model)
+    server = ServerSettings(host=host, port=port, api_key=api_key or None, allowed_hosts=tuple(allowed_host),
+                            cors_origins=tuple(cors_origin), max_upload_bytes=int(max_upload_mb * 2**20))
+    try:
+        server.checked()
+    except ServerSettingsError as error:
+        raise fail(str(error), EXIT_USAGE) from None
+    details = collection_info(settings)  # fails now, with one line, if there is no collection
+    os.environ.update(server.to_environment())
+    os.environ["XMODAL_DB"] = str(settings.db_dir)
+    if settings.model:
+        os.environ["XMODAL_MODEL"] = settings.model
+    import uvicorn
+
+    shown = f"[{host}]" if ":" in host else host
+    output.stderr.print(f"serving {details.items['image']} images and {details.items['audio']} sounds from "
+                        f"{details.db_dir} at http://{shown}:{port}", highlight=False)
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level=log_level,
+                proxy_headers=False, server_header=False, timeout_graceful_shutdown=10)

@@ -1,0 +1,204 @@
+"""`xmodal bench api`: what the HTTP layer costs. `/search/text` latency over real loopback HTTP at
+several concurrency levels, beside the same search called in-process (the floor the service adds
+to) and `/health` (the floor of HTTP itself), all in one run on one machine.
+
+The server is the real `xmodal serve` in a child process; the client is the standard library's
+http.client with one keep-alive connection per client thread, so no extra package is measured.
+On a small machine the client threads share the cores with the server: the figures include that,
+and the report says how many cores there were.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.bench.machine import cpu_name
+
+QUERIES = (
+    "a big red circle on grey", "small yellow star, white background", "a large green square on stripes",
+    "tiny blue triangle on black", "big orange cross on grey", "a small pink hexagon on white",
+    "purple star on a striped background", "a cyan circle",
+)
+
+
+@dataclass
+class Latency:
+    name: str
+    concurrency: int
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    per_second: float
+
+
+@dataclass
+class ApiBenchReport:
+    db_dir: str
+    model: str
+    items: dict[str, int]
+    k: int
+    cpu: str
+    cores: int
+    python: str
+    rows: list[Latency] = field(default_factory=list)
+
+    def row(self, name: str, concurrency: int) -> Latency | None:
+        return next((r for r in self.rows if r.name == name and r.concurrency == concurrency), None)
+
+    def overhead_ms(self) -> float | None:
+        """HTTP p50 at concurrency 1 minus in-process p50: what the service adds to a lone query."""
+        http_row, local = self.row("POST /search/text", 1), self.row("in-process search_text", 1)
+        return None if http_row is None or local is None else http_row.p50_ms - local.p50_ms
+
+    def table(self) -> str:
+        lines = [f"{self.model} over {self.items.get('image', 0)} images and {self.items.get('audio', 0)} sounds, "
+                 f"k={self.k}; {self.cpu}, {self.cores} cores",
+                 f"{'what':<26} {'conc':>4} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'req/s':>8}"]
+        for r in self.rows:
+            lines.append(f"{r.name:<26} {r.concurrency:>4} {r.requests:>8} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+                         f"{r.mean_ms:>8.2f} {r.per_second:>8.1f}")
+        overhead = self.overhead_ms()
+        if overhead is not None:
+            lines.append(f"HTTP overhead at concurrency 1 (p50 over in-process p50): {overhead:+.2f} ms")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "overhead_ms_p50_c1": self.overhead_ms()}, indent=2) + "\n"
+
+
+def _summarise(name: str, concurrency: int, seconds: list[float], wall: float) -> Latency:
+    millis = np.asarray(seconds) * 1000
+    return Latency(name, concurrency, len(millis), float(np.percentile(millis, 50)), float(np.percentile(millis, 99)),
+                   float(millis.mean()), len(millis) / wall)
+
+
+def measure_in_process(db_dir: Path, requests: int, k: int) -> Latency:
+    """p50/p99 of `SearchEngine.search_text` called directly, after a warm-up."""
+    from retrieval.compose import build_engine
+    from retrieval.settings import Settings
+
+    engine = build_engine(Settings(db_dir=Path(db_dir)))
+    try:
+        for query in QUERIES:
+            engine.search_text(query, k)
+        seconds = []
+        started = time.perf_counter()
+        for number in range(requests):
+            begin = time.perf_counter()
+            engine.search_text(QUERIES[number % len(QUERIES)], k)
+            seconds.append(time.perf_counter() - begin)
+        return _summarise("in-process search_text", 1, seconds, time.perf_counter() - started)
+    finally:
+        engine.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Server:
+    """`xmodal serve` in a child process, stopped on exit."""
+
+    def __init__(self, db_dir: Path) -> None:
+        self.port = _free_port()
+        command = [sys.executable, "-m", "cli", "serve", "--db", str(db_dir), "--port", str(self.port),
+                   "--log-level", "warning"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"xmodal serve exited: {self.process.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("xmodal serve did not start in time")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _drive(port: int, method: str, path: str, bodies: list[bytes | None],
+           concurrency: int) -> tuple[list[float], float]:
+    """Send `bodies` (one request each) from `concurrency` threads on keep-alive connections."""
+    seconds: list[float] = []
+    lock = threading.Lock()
+    next_index = iter(range(len(bodies)))
+    failures: list[str] = []
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/json"}
+        while True:
+            with lock:
+                index = next(next_index, None)
+            if index is None:
+                break
+            begin = time.perf_counter()
+            connection.request(method, path, body=bodies[index], headers=headers)
+            response = connection.getresponse()
+            response.read()
+            elapsed = time.perf_counter() - begin
+            with lock:
+                seconds.append(elapsed)
+                if response.status != 200:
+                    failures.append(f"{response.status}")
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(bodies)} requests failed (statuses {sorted(set(failures))})")
+    return seconds, time.perf_counter() - started
+
+
+def run_api_benchmark(db_dir: Path, requests: int = 400, concurrency: tuple[int, ...] = (1, 8),
+                      k: int = 10) -> ApiBenchReport:
+    """In-process search, then the real server at each concurrency level, then /health."""
+    from retrieval.compose import collection_info
+    from retrieval.settings import Settings
+
+    details = collection_info(Settings(db_dir=Path(db_dir)))
+    report = ApiBenchReport(str(db_dir), details.model, details.items, k, cpu_name(), os.cpu_count() or 1,
+                            platform.python_version())
+    report.rows.append(measure_in_process(db_dir, requests, k))
+    server = _Server(db_dir)
+    try:
+        server.wait_ready()
+        bodies = [json.dumps({"query": QUERIES[n % len(QUERIES)], "k": k}).encode() for n in range(requests)]
+        _drive(server.port, "POST", "/search/text", bodies[: min(50, requests)], 2)  # warm-up
+        for level in concurrency:
+            seconds, wall = _drive(server.port, "POST", "/search/text", bodies, level)
+            report.rows.append(_summarise("POST /search/text", level, seconds, wall))
+        seconds, wall = _drive(server.port, "GET", "/health", [None] * requests, 1)
+        report.rows.append(_summarise("GET /health", 1, seconds, wall))
+    finally:
+        server.stop()
+    return report
