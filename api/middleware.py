@@ -69,12 +69,16 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         docs = scope["path"] in ("/docs", "/redoc")
+        # The page's modules must come from one release: revalidate them (ETag) on every load.
+        static = scope["path"].startswith("/static/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {key.lower() for key, _ in message.get("headers", ())}
                 extra = [(k, DOCS_POLICY if docs and k == b"content-security-policy" else v)
                          for k, v in SECURITY_HEADERS if k not in present]
+                if static and b"cache-control" not in present:
+                    extra.append((b"cache-control", b"no-cache"))
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 

@@ -26,8 +26,8 @@ def serve(
     api_key: str | None = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY", show_default=False,
                                        help="Require `Authorization: Bearer KEY` (at least 16 characters)."),
     allowed_host: list[str] = typer.Option([], "--allowed-host",
-                                           help="Host header to accept (repeatable; default: loopback names "
-                                                "and the bind address). '*' accepts any."),
+                                           help="Host name to answer to besides the loopback names and the "
+                                                "bind address (repeatable). '*' accepts any."),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Origin allowed to call the API from a "
                                                                     "browser (repeatable; default: none)."),
     max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", min=0.01, help="Largest upload, in MiB."),

@@ -54,8 +54,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    # Host headers accepted (DNS rebinding defence). Empty: the loopback names, plus the bind
-    # address when it is a specific one; "*" accepts any (only sensible behind a proxy).
+    # Host headers accepted besides the loopback names (DNS rebinding defence). Empty: the bind
+    # address when it is a specific one, any name when it is 0.0.0.0 (the API key guards it then);
+    # "*" accepts any.
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # CORS stays closed unless origins are named
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -83,13 +84,11 @@ class ServerSettings:
 
     def host_names(self) -> frozenset[str]:
         """Host header values (without port) the server answers to."""
-        if self.allowed_hosts:
-            return frozenset(name.lower() for name in self.allowed_hosts)
-        names = set(LOOPBACK_HOSTS) | {"[::1]"}
+        names = set(LOOPBACK_HOSTS) | {"[::1]"} | {name.lower() for name in self.allowed_hosts}
         if self.host not in ("0.0.0.0", "::", ""):
-            names.add(self.host.lower())
-        else:
-            names.add("*")  # listening everywhere: the API key is the guard
+            names.add(f"[{self.host}]" if ":" in self.host else self.host.lower())
+        elif not self.allowed_hosts:
+            names.add("*")  # listening everywhere under unknown names: the API key is the guard
         return frozenset(names)
 
     def to_environment(self) -> dict[str, str]:
