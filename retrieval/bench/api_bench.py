@@ -1,6 +1,8 @@
 """`xmodal bench api`: what the HTTP layer costs. `/search/text` latency over real loopback HTTP at
 several concurrency levels, beside the same search called in-process (the floor the service adds
-to) and `/health` (the floor of HTTP itself), all in one run on one machine.
+to) and `/health` (the floor of HTTP itself), all in one run on one machine. At concurrency 1 the
+in-process and HTTP queries alternate one by one, so the overhead is a difference measured under
+the same noise, not across two moments of a shared machine.
 
 The server is the real `xmodal serve` in a child process; the client is the standard library's
 http.client with one keep-alive connection per client thread, so no extra package is measured.
@@ -86,26 +88,6 @@ def _summarise(name: str, concurrency: int, seconds: list[float], wall: float) -
                    float(millis.mean()), len(millis) / wall)
 
 
-def measure_in_process(db_dir: Path, requests: int, k: int) -> Latency:
-    """p50/p99 of `SearchEngine.search_text` called directly, after a warm-up."""
-    from retrieval.compose import build_engine
-    from retrieval.settings import Settings
-
-    engine = build_engine(Settings(db_dir=Path(db_dir)))
-    try:
-        for query in QUERIES:
-            engine.search_text(query, k)
-        seconds = []
-        started = time.perf_counter()
-        for number in range(requests):
-            begin = time.perf_counter()
-            engine.search_text(QUERIES[number % len(QUERIES)], k)
-            seconds.append(time.perf_counter() - begin)
-        return _summarise("in-process search_text", 1, seconds, time.perf_counter() - started)
-    finally:
-        engine.close()
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -179,26 +161,53 @@ def _drive(port: int, method: str, path: str, bodies: list[bytes | None],
     return seconds, time.perf_counter() - started
 
 
+def _paired(engine, port: int, bodies: list[bytes], k: int) -> tuple[Latency, Latency]:
+    """The same queries in-process and over HTTP, alternating one by one, so that both see the same
+    moments of a noisy machine."""
+    local, remote = [], []
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for number, body in enumerate(bodies):
+        begin = time.perf_counter()
+        engine.search_text(QUERIES[number % len(QUERIES)], k)
+        local.append(time.perf_counter() - begin)
+        begin = time.perf_counter()
+        connection.request("POST", "/search/text", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        remote.append(time.perf_counter() - begin)
+        if response.status != 200:
+            raise RuntimeError(f"/search/text answered {response.status}")
+    connection.close()
+    # Each side's rate is over its own time: the wall clock here holds both.
+    return (_summarise("in-process search_text", 1, local, sum(local)),
+            _summarise("POST /search/text", 1, remote, sum(remote)))
+
+
 def run_api_benchmark(db_dir: Path, requests: int = 400, concurrency: tuple[int, ...] = (1, 8),
                       k: int = 10) -> ApiBenchReport:
-    """In-process search, then the real server at each concurrency level, then /health."""
-    from retrieval.compose import collection_info
+    """The real server beside an in-process engine over the same collection: concurrency 1
+    alternates the two query by query; higher levels and /health follow."""
+    from retrieval.compose import build_engine, collection_info
     from retrieval.settings import Settings
 
     details = collection_info(Settings(db_dir=Path(db_dir)))
     report = ApiBenchReport(str(db_dir), details.model, details.items, k, cpu_name(), os.cpu_count() or 1,
                             platform.python_version())
-    report.rows.append(measure_in_process(db_dir, requests, k))
+    bodies = [json.dumps({"query": QUERIES[n % len(QUERIES)], "k": k}).encode() for n in range(requests)]
+    engine = build_engine(Settings(db_dir=Path(db_dir)))
     server = _Server(db_dir)
     try:
         server.wait_ready()
-        bodies = [json.dumps({"query": QUERIES[n % len(QUERIES)], "k": k}).encode() for n in range(requests)]
-        _drive(server.port, "POST", "/search/text", bodies[: min(50, requests)], 2)  # warm-up
+        _paired(engine, server.port, bodies[: min(50, requests)], k)  # warm-up of both
+        report.rows.extend(_paired(engine, server.port, bodies, k))
         for level in concurrency:
+            if level == 1:
+                continue
             seconds, wall = _drive(server.port, "POST", "/search/text", bodies, level)
             report.rows.append(_summarise("POST /search/text", level, seconds, wall))
         seconds, wall = _drive(server.port, "GET", "/health", [None] * requests, 1)
         report.rows.append(_summarise("GET /health", 1, seconds, wall))
     finally:
         server.stop()
+        engine.close()
     return report
