@@ -12,6 +12,8 @@ thread pool; the encoder itself is driven by one thread that batches concurrent 
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -38,7 +40,11 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
     async def lifespan(app: FastAPI):
         from api.state import ServerState
 
-        app.state.xmodal = await run_in_threadpool(ServerState.start, settings, server)
+        try:
+            app.state.xmodal = await run_in_threadpool(ServerState.start, settings, server)
+        except Exception as error:
+            _exit_on_startup_error(error)
+            raise
         try:
             yield
         finally:
@@ -71,6 +77,20 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
     app.add_middleware(HostGuard, names=server.host_names())
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def _exit_on_startup_error(error: Exception) -> None:
+    """A known reason not to start (no collection, another model, damaged database) ends the
+    process with one line and the CLI's exit code, instead of the lifespan's traceback. This is
+    an edge, like cli/: nothing else here exits."""
+    from index.errors import DatabaseCorruptError, EncoderMismatchError, StoreError
+    from retrieval.errors import ModelLoadError, ModelNotFoundError
+
+    for types, code in (((ModelNotFoundError, ModelLoadError), 4), ((DatabaseCorruptError,), 5),
+                        ((StoreError, EncoderMismatchError), 1)):
+        if isinstance(error, types):
+            print(f"xmodal: error: cannot serve: {error}", file=sys.stderr, flush=True)
+            os._exit(code)
 
 
 def _version() -> str:

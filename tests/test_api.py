@@ -319,6 +319,16 @@ def test_serve_refuses_an_open_address_without_a_key(collection):
     assert result.returncode == 2 and "without an API key" in result.stderr
 
 
+def test_serve_with_another_model_fails_in_one_line(collection, micro_model):
+    from tests.conftest import run_xmodal
+    from tests.helpers.live_server import free_port
+
+    result = run_xmodal("serve", "--db", str(collection / "db"), "--model", str(micro_model), "--port",
+                        str(free_port()), timeout=120)
+    assert result.returncode == 1 and "built with starter" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_unexpected_host_headers_are_refused(client):
     """A DNS-rebinding page reaches the loopback server under its own name: refused."""
     _error(client.get("/health", headers={"Host": "evil.example"}), 400)
@@ -402,10 +412,22 @@ def test_a_new_generation_is_picked_up_without_a_restart(tmp_path):
         before = client.get("/health").json()["generation"]
         first = client.post("/search/image", files={"file": ("q.png", newcomer.read_bytes(), "image/png")}).json()
         assert first["results"][0]["score"] < 0.999  # not in the collection yet
+        # A search in flight while the new generation arrives: hold the encoder so it waits mid-way.
+        release, in_flight = threading.Event(), {}
+        batcher = client.app.state.xmodal.engine.batcher
+        blocker = threading.Thread(target=batcher.run, args=(lambda encoder: release.wait(30),))
+        blocker.start()
+        asker = threading.Thread(target=lambda: in_flight.update(
+            response=client.post("/search/text", json={"query": "a big red circle on grey", "k": 3})))
+        asker.start()
         run_index(settings, [extra])  # another writer, as `xmodal index` would be
         deadline = time.monotonic() + 10
         while client.get("/health").json()["generation"] == before and time.monotonic() < deadline:
             time.sleep(0.1)
+        release.set()
+        asker.join(30)
+        blocker.join(30)
+        assert in_flight["response"].status_code == 200 and len(in_flight["response"].json()["results"]) == 3
         top = client.post("/search/image", files={"file": ("q.png", newcomer.read_bytes(),
                                                            "image/png")}).json()["results"][0]
         assert top["name"] == "newcomer.png" and top["path"] == "more/newcomer.png"

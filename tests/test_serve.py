@@ -109,7 +109,10 @@ def test_nul_bytes_and_huge_query_strings_are_refused_and_the_server_lives_on(se
         except (http.client.HTTPException, ConnectionError):
             status = 400  # a request line with a raw NUL may be dropped outright
         assert status in (400, 404, 422)
-    status, _ = _request(server, "GET", "/health?" + "q=" + "x" * 1_000_000)
+    try:
+        status, _ = _request(server, "GET", "/health?" + "q=" + "x" * 1_000_000)
+    except ConnectionError:
+        status = 400  # h11 drops a request line this long without an answer; httptools answers 400
     assert 400 <= status < 500
     assert _request(server, "GET", "/health")[0] == 200
 
