@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import install_error_handlers
 from api.middleware import BodyLimit, HostGuard, KeyGuard, SecurityHeaders, hash_key
 from api.routes import items, search, service
+from api.routes.docs import install_docs
 from api.schemas import error_responses
 from retrieval.settings import ServerSettings, Settings, load_server_settings, load_settings
 
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
         # Any route can meet a bad Host header or body (400), a missing key (401), an oversized
         # body (413), invalid fields (422) or a collection that went away (503).
         responses=error_responses(400, 401, 413, 422, 503),
+        docs_url=None,  # replaced by install_docs: the same pages without a CDN
+        redoc_url=None,
     )
     app.state.xmodal = None
     install_error_handlers(app)
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
     app.include_router(items.router)
     app.include_router(service.router)
     app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
+    install_docs(app)
     # Starlette runs the last added outermost: hosts first, then the key, then the body limit.
     app.add_middleware(BodyLimit, upload_limit=server.max_upload_bytes)
     app.add_middleware(KeyGuard, key_hash=hash_key(server.api_key) if server.api_key else None)

@@ -71,7 +71,7 @@ def translate(error: Exception) -> tuple[int, str]:
     if isinstance(error, (BatcherClosedError, StoreError, DatabaseCorruptError)):
         log.error("collection unavailable: %s", error)
         return 503, "the collection is unavailable right now; try again shortly"
-    log.exception("unexpected error", exc_info=error)
+    # Starlette re-raises it after this answer is sent, and uvicorn logs the traceback once.
     return 500, "internal error (details are in the server log)"
 
 

@@ -21,8 +21,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Routes that answer without a key: the page and its assets carry no data, health is for probes.
-PUBLIC_PATHS = ("/", "/health", "/favicon.ico", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PATHS = ("/", "/health", "/favicon.ico", "/openapi.json", "/docs", "/redoc")
+PUBLIC_PREFIXES = ("/static/", "/docs-assets/")
 UPLOAD_PATHS = ("/search/image", "/search/audio")
 # JSON bodies are small; this still admits a text query far over its length limit, so that the
 # client hears "query too long" (422) rather than a bare size refusal.
@@ -38,10 +38,10 @@ SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
                                  b"style-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'"),
 ]
-# /docs loads Swagger UI's script and style from a CDN; it gets a policy that allows them.
-DOCS_POLICY = b"default-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; " \
-              b"script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; style-src 'self' 'unsafe-inline' " \
-              b"https://cdn.jsdelivr.net; frame-ancestors 'none'"
+# /docs and /redoc (bundled assets, same origin) start their viewers with an inline script, and
+# ReDoc runs a web worker from a blob.
+DOCS_POLICY = (b"default-src 'self'; img-src 'self' data:; script-src 'self' 'unsafe-inline'; "
+               b"style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; frame-ancestors 'none'")
 
 
 async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:

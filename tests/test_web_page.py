@@ -348,3 +348,19 @@ def test_recording_on_a_plain_http_address_says_why_it_cannot(playwright, demo):
             assert page.problems == []
         finally:
             browser.close()
+
+
+def test_the_api_docs_render_offline(browser, base_url):
+    """/docs is Swagger UI from files installed with xmodal: it lists every operation with no network."""
+    context = browser.new_context(viewport=DESKTOP, base_url=base_url)
+    page = context.new_page()
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+    try:
+        page.goto("/docs")
+        expect(page.locator(".opblock")).to_have_count(9, timeout=WAIT_MS)  # every operation
+        assert "/search/audio" in page.locator(".swagger-ui").inner_text()
+        assert problems == []
+    finally:
+        context.close()
