@@ -140,6 +140,44 @@ def train_audio(
     _finish(result, prepared)
 
 
+@train_app.command("generator")
+@translate_errors
+def train_generator(
+    pairs: Path = PairsOption,
+    model: str = typer.Option(..., "--model", "-m", help="The embedding model whose space conditions the generator."),
+    out: Path = OutOption,
+    image_size: int = typer.Option(64, "--image-size", help="Side of the generated images, in pixels."),
+    channels: int = typer.Option(16, "--channels", help="Width of the network's first level."),
+    channel_mults: str = typer.Option("1,2,4,4", "--channel-mults", help="Width multiple per level; each level "
+                                                                          "but the last halves the image."),
+    epochs: int = EpochsOption,
+    batch_size: int = typer.Option(64, "--batch-size", min=2),
+    lr: float = typer.Option(2e-3, "--lr"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    seed: int = SeedOption,
+    patience: int = PatienceOption,
+    max_minutes: float | None = MinutesOption,
+    device: str | None = DeviceOption,
+    resume: bool = ResumeOption,
+    workers: int | None = WorkersOption,
+) -> None:
+    """Train a conditional image generator for a model's space (images with their image and caption embeddings)."""
+    from generation.config import GeneratorConfig
+    from retrieval.training.generator import train_generator as run
+
+    try:
+        mults = tuple(int(m) for m in channel_mults.split(","))
+        config = GeneratorConfig(cond_dim=1, image_size=image_size, channels=channels, channel_mults=mults)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    options = _options(epochs, batch_size, lr, seed, patience, max_minutes, device, False, weight_decay)
+    with training_reporter("generator") as (loading, on_event):
+        result = run(pairs, model, out, options, config, resume, workers, on_event, loading)
+    output.stdout.print(f"trained in {output.format_seconds(result.seconds)} ({result.epochs_run} epochs, "
+                        f"{result.stopped}); best validation loss {-result.best_score:.4f} at epoch "
+                        f"{result.best_epoch}; generator in {result.out}", highlight=False)
+
+
 @translate_errors
 def evaluate(
     model: str = typer.Option(..., "--model", "-m", help="Model spec to evaluate."),

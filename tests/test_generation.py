@@ -128,3 +128,45 @@ def test_loading_refuses_pickles_and_damage(tmp_path):
 def test_config_refuses_sizes_the_levels_cannot_halve():
     with pytest.raises(ValueError, match="divisible"):
         GeneratorConfig(cond_dim=8, image_size=30, channel_mults=(1, 2, 2))
+
+
+# ------------------------------------------------------------------ training for a model's space
+
+
+def test_conditions_mix_image_and_caption_vectors():
+    from retrieval.training.generator import GeneratorData, pick_conditions
+
+    rows = 400
+    image_vectors = torch.zeros(rows, 4)
+    image_vectors[:, 0] = 1
+    captions = torch.zeros(rows, 2, 4)
+    captions[:, 0, 1] = 1
+    captions[:, 1, 2] = 1
+    n_captions = torch.full((rows,), 2)
+    n_captions[:50] = 0  # no captions: always the image's vector
+    data = GeneratorData(torch.zeros(rows, 3, 4, 4), image_vectors, captions, n_captions)
+    picked = pick_conditions(data, torch.arange(rows), torch.Generator().manual_seed(0))
+    kind = picked.argmax(dim=1)  # 0: image, 1 or 2: one of the two captions
+    assert (kind[:50] == 0).all()
+    shares = torch.bincount(kind[50:], minlength=3).float() / (rows - 50)
+    assert 0.4 < shares[0] < 0.6 and 0.15 < shares[1] < 0.35 and 0.15 < shares[2] < 0.35
+
+
+def test_train_generator_for_a_models_space(tmp_path, micro_model):
+    from retrieval.encoders import create_encoder
+    from retrieval.training.generator import train_generator
+    from retrieval.training.loop import TrainOptions
+    from tests.helpers.pairs_data import write_pairs
+
+    pairs = write_pairs(tmp_path / "pairs", {"train": 6, "val": 2}, image_size=32)
+    out = tmp_path / "generator"
+    result = train_generator(pairs, str(micro_model), out, TrainOptions(epochs=2, batch_size=16, device="cpu"),
+                             GeneratorConfig(cond_dim=1, image_size=16, channels=16, channel_mults=(1, 2), groups=4))
+    assert result.epochs_run == 2 and result.best_score < 0  # the score is minus the validation loss
+    assert {p.name for p in out.iterdir()} == {"generator.json", "model.safetensors", "training.json"}
+    loaded = load_generator(out)
+    encoder = create_encoder(str(micro_model), device="cpu")
+    assert loaded.config.cond_dim == encoder.dim
+    assert loaded.config.trained_on == {"model": str(micro_model), "fingerprint": encoder.identity.fingerprint}
+    vectors = torch.from_numpy(encoder.encode_text(["a big red circle on grey"]))
+    assert sample(loaded, vectors, seed=0, steps=2).shape == (1, 16, 16, 3)
