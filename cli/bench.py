@@ -109,3 +109,23 @@ def bench_api(
     output.stdout.print(report.table(), highlight=False)
     if json_out:
         json_out.write_text(report.to_json())
+
+
+@bench_app.command("generate")
+@translate_errors
+def bench_generate(
+    generator: Path = typer.Option(..., "--generator", help="A generator directory (generator.json + weights)."),
+    model: str = typer.Option("starter", "--model", "-m", help="The embedding model the generator was trained for."),
+    candidates: int = typer.Option(4, "--candidates", min=1, max=16, help="Pictures drawn per query; the best "
+                                                                           "by cosine to the query is kept."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N absent concepts (a quick run)."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Generate for concepts the demo collection lacks, from words and from sounds; judge each picture zero-shot."""
+    from retrieval.bench.generation_bench import run_generation_benchmark
+
+    report = run_generation_benchmark(generator, model, candidates, seed, limit)
+    output.stdout.print(report.table(), highlight=False)
+    if json_out:
+        json_out.write_text(report.to_json())

@@ -170,3 +170,24 @@ def test_train_generator_for_a_models_space(tmp_path, micro_model):
     assert loaded.config.trained_on == {"model": str(micro_model), "fingerprint": encoder.identity.fingerprint}
     vectors = torch.from_numpy(encoder.encode_text(["a big red circle on grey"]))
     assert sample(loaded, vectors, seed=0, steps=2).shape == (1, 16, 16, 3)
+
+
+def test_verified_generation_keeps_the_candidate_closest_to_the_query(micro_encoder):
+    from retrieval.generate import generate_verified
+
+    torch.manual_seed(1)
+    generator = FlowUNet(GeneratorConfig(cond_dim=micro_encoder.dim, image_size=16, channels=16, channel_mults=(1, 2),
+                                         groups=4, steps=3)).eval()
+    for module in generator.modules():  # random, non-zero weights: candidates that differ
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.2)
+    query = micro_encoder.encode_text(["a big red circle on grey"])[0]
+    made = generate_verified(generator, micro_encoder, query, candidates=4, seed=3)
+    assert len(set(made.candidate_scores)) == 4 and made.score == max(made.candidate_scores)
+    drawn = sample(generator, torch.from_numpy(np.repeat(query[None], 4, axis=0)), seed=3)
+    assert np.array_equal(made.pixels, drawn[made.candidate])
+    # The reported score is what the image tower says of the kept picture, resized as indexing would.
+    from retrieval.generate import _to_encoder_size
+
+    again = micro_encoder.encode_pixels(_to_encoder_size(made.pixels[None], micro_encoder.inputs.image_size))[0]
+    assert float(again @ query) == pytest.approx(made.score, abs=1e-5)
