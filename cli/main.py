@@ -162,6 +162,7 @@ def _register_groups() -> None:
     app.add_typer(bench.bench_app, name="bench")
     app.add_typer(train.train_app, name="train")
     app.command("eval")(train.evaluate)
+    app.command("calibrate")(train.calibrate)
     app.command("demo")(demo.demo)
     app.command("serve")(serve.serve)
 

@@ -244,3 +244,43 @@ def train_starter(
     total = sum(result.seconds.values())
     output.stdout.print(f"\nstarter model in {result.out} ({result.size_bytes / 2**20:.1f} MiB), "
                         f"{total / 60:.1f} min in all; its card is {result.out / 'README.md'}", highlight=False)
+
+
+@translate_errors
+def calibrate(
+    model: str = typer.Option(..., "--model", "-m", help="The model whose match decision to fit (any spec)."),
+    pairs: Path = PairsOption,
+    split: str = typer.Option("test", "--split", help="The split whose items become collection and queries."),
+    removed: float = typer.Option(0.25, "--removed", min=0.05, max=0.9, help="Share of concepts left out of the "
+                                                                             "collection (the absent queries)."),
+    seed: int = SeedOption,
+    out: Path = typer.Option(..., "--out", help="The calibration JSON to write (e.g. MODEL_DIR/calibration.json)."),
+    workers: int | None = WorkersOption,
+    device: str | None = DeviceOption,
+) -> None:
+    """Fit the calibrated match decision ("does the collection hold this?") on labelled present/absent queries."""
+    from retrieval.calibration import calibrate_model
+    from retrieval.encoders.factory import create_encoder
+
+    encoder = create_encoder(model, device=device)
+    with output.progress_bar("decoding media", True) as loading:
+        calibration = calibrate_model(encoder, pairs, split, removed, seed, workers, loading)
+    out.write_text(calibration.to_json())
+    print_decision_figures(calibration.figures)
+    output.stdout.print(f"calibration written to {out}", highlight=False)
+
+
+def print_decision_figures(figures: dict) -> None:
+    """Calibrated AUROC and F1 at the default threshold beside the raw cosine's best single cut."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("query→target", "queries", "AUROC", "F1 @0.5", "raw AUROC", "raw best cut", "raw best F1",
+                 "raw F1 @text cut"):
+        table.add_column(name, justify="left" if name == "query→target" else "right")
+    for key, f in figures.items():
+        at_text = f.get("raw_f1_at_text_floor")
+        table.add_row(key, str(f["queries"]), f"{f['auroc']:.3f}", f"{f['f1']:.3f}", f"{f['raw_auroc']:.3f}",
+                      f"{f['raw_best_threshold']:.3f}", f"{f['raw_best_f1']:.3f}",
+                      "" if at_text is None else f"{at_text:.3f}")
+    output.stdout.print(table)

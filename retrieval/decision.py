@@ -109,7 +109,7 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     if true_positive == 0:
         return 0.0
     precision, recall = true_positive / predicted.sum(), true_positive / labels.sum()
-    return 2 * precision * recall / (precision + recall)
+    return float(2 * precision * recall / (precision + recall))
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

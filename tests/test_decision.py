@@ -61,3 +61,23 @@ def test_logistic_fit_stays_finite_on_separable_data_and_refuses_one_class():
     assert fitted.probability(np.array([[0.5]]))[0] == pytest.approx(0.5, abs=0.05)
     with pytest.raises(ValueError, match="two present and two absent"):
         fit_logistic(features, np.array([1, 1, 1, 0]))
+
+
+def test_calibrating_the_starter_tells_present_from_absent(tmp_path):
+    """On a small world split (2 of 8 concepts removed), words and sounds alike get confidences that
+    rank present above absent, and the JSON round-trips."""
+    from retrieval.calibration import Calibration, calibrate_model
+    from retrieval.encoders.factory import STARTER_DIR, create_encoder
+    from tests.helpers.pairs_data import write_pairs
+
+    if not (STARTER_DIR / "xmodal_model.json").is_file():
+        pytest.skip("the starter weights are not in this checkout")
+    pairs = write_pairs(tmp_path / "pairs", {"test": 8}, seed=4)
+    encoder = create_encoder("starter", device="cpu")
+    calibration = calibrate_model(encoder, pairs, "test", removed_share=0.25, seed=0, workers=1)
+    assert set(calibration.maps) == {"text→image", "audio→image", "text→audio", "audio→audio"}
+    for key, figures in calibration.figures.items():
+        assert figures["queries"] == 2 * 8 + 6 * 4 and figures["present"] == 6 * 4, key
+        assert figures["auroc"] >= 0.9, (key, figures)
+    again = Calibration.from_json(calibration.to_json())
+    assert again.maps == calibration.maps and again.fingerprint == encoder.identity.fingerprint
