@@ -13,17 +13,21 @@ MAX_ITEM_ID = 2**63 - 1  # SQLite's INTEGER range; larger ids cannot exist
 
 
 class TextQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON gives real types, so `false` is not a confidence and "10" is not a k.
+    model_config = ConfigDict(extra="forbid", strict=True)
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Words describing what to find.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many results.")
     modality: Target = Field("all", description="Search images, sounds, or both.")
+    min_confidence: float | None = Field(None, ge=0, le=1, description="Confidence needed for a match "
+                                                                         "(default: the calibration's).")
 
 
 class ItemQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: int = Field(ge=1, le=MAX_ITEM_ID, description="An indexed item: find more like it.")
     k: int = Field(10, ge=1, le=MAX_K)
     modality: Target = "all"
+    min_confidence: float | None = Field(None, ge=0, le=1)
 
 
 class Segment(BaseModel):
@@ -47,8 +51,16 @@ class QueryEcho(BaseModel):
     value: str
 
 
+class MatchDecision(BaseModel):
+    match: bool = Field(description="Does the collection hold what was asked?")
+    confidence: float = Field(ge=0, le=1, description="Calibrated probability of a match.")
+    threshold: float
+    reason: str
+
+
 class SearchResponse(BaseModel):
     query: QueryEcho
+    decision: MatchDecision | None = Field(description="None when the model has no calibration for this query.")
     results: list[Hit]
     took_ms: float
 

@@ -83,9 +83,12 @@ def search(
     model: str | None = ModelOption,
     k: int = typer.Option(10, "-k", "--top", min=1, max=1000, help="How many results."),
     modality: Target = typer.Option(Target.all, "--modality", help="What to search among."),
+    min_confidence: float | None = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
+                                                help="Confidence needed to call the best hit a match "
+                                                     "(default: the calibration's, 0.5)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Search the collection with TEXT, --image FILE or --audio FILE."""
+    """Search the collection with TEXT, --image FILE or --audio FILE; say whether anything matches."""
     given = [name for name, value in (("TEXT", text), ("--image", image), ("--audio", audio)) if value is not None]
     if len(given) != 1:
         raise fail("give exactly one query: TEXT, --image FILE or --audio FILE", EXIT_USAGE)
@@ -94,11 +97,11 @@ def search(
     engine = build_engine(_settings(db, model))
     try:
         if text is not None:
-            result = engine.search_text(text, k, modality.value)
+            result = engine.search_text(text, k, modality.value, min_confidence)
         elif image is not None:
-            result = engine.search_file(image, "image", k, modality.value)
+            result = engine.search_file(image, "image", k, modality.value, min_confidence)
         else:
-            result = engine.search_file(audio, "audio", k, modality.value)
+            result = engine.search_file(audio, "audio", k, modality.value, min_confidence)
     finally:
         engine.close()
     if as_json:

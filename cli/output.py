@@ -71,6 +71,11 @@ def print_search(result) -> None:
         segment = f"{format_seconds(hit.segment[0])}-{format_seconds(hit.segment[1])}" if hit.segment else ""
         table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, hit.path, segment)
     stdout.print(table)
+    decision = result.decision
+    if decision is not None:
+        verdict = "match" if decision.match else "NO GOOD MATCH"
+        stdout.print(f"{verdict}: confidence {decision.confidence:.2f} (threshold {decision.threshold:.2f}); "
+                     f"{decision.reason}", highlight=False)
 
 
 def print_index_summary(summary, max_failures: int = 20) -> None:

@@ -213,6 +213,25 @@ class Store:
             return None
         return np.frombuffer(row[0], dtype="<f4").reshape(dim).astype(np.float32)
 
+    def sample_item_vectors(self, modality: str, dim: int, size: int, seed: int = 0) -> np.ndarray:
+        """Up to `size` item vectors (n, dim) of one modality (sounds: their pooled vectors), drawn
+        without replacement, seeded: the background a query's scores are standardised against."""
+        with self._lock:
+            ids = [row[0] for row in self._conn.execute(
+                "SELECT v.id FROM vectors v JOIN items i ON i.id = v.item_id "
+                "WHERE i.modality = ? AND v.kind = 'item' ORDER BY v.id", (modality,))]
+        if len(ids) > size:
+            ids = sorted(np.random.default_rng(seed).choice(ids, size, replace=False).tolist())
+        blobs = []
+        with self._lock:
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                blobs.extend(row[0] for row in self._conn.execute(
+                    f"SELECT embedding FROM vectors WHERE id IN ({marks}) ORDER BY id", chunk))
+        if not blobs:
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
     def resolve_vectors(self, vector_ids: Iterable[int]) -> dict[int, ResolvedVector]:
         """Map FAISS ids to their items in one join; ids of deleted vectors are simply absent."""
         ids = [int(i) for i in vector_ids if i >= 0]

@@ -23,7 +23,7 @@ from retrieval.decision import FEATURES, LogisticMap, auroc, best_threshold, f1_
 
 BACKGROUND_SIZE = 512  # collection items each query is standardised against
 DEFAULT_THRESHOLD = 0.5
-KINDS = ("text", "audio")
+KINDS = ("text", "audio", "image")
 TARGETS = ("image", "audio")
 
 
@@ -80,7 +80,7 @@ def labelled_queries(vectors: WorldVectors, removed_share: float = 0.25,
     queries = ~in_collection
     labels = np.array([c not in removed for c in vectors.concepts[queries]])
     galleries = {"image": vectors.images[in_collection], "audio": vectors.sounds[in_collection]}
-    asked = {"text": vectors.captions[queries], "audio": vectors.sounds[queries]}
+    asked = {"text": vectors.captions[queries], "audio": vectors.sounds[queries], "image": vectors.images[queries]}
     result = {}
     for target, gallery in galleries.items():
         background = background_sample(gallery, seed=seed)

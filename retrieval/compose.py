@@ -44,7 +44,21 @@ def build_engine(settings: Settings) -> SearchEngine:
         raise _no_collection(settings.db_dir)
     encoder = create_encoder(_model_spec(settings, stored), settings.device, settings.batch_size)
     collection = Collection.open(settings.db_dir, encoder.identity, writable=False)
-    return SearchEngine(encoder, collection, settings.limits)
+    return SearchEngine(encoder, collection, settings.limits, _match_judge(encoder, collection))
+
+
+def _match_judge(encoder, collection: Collection):
+    """The calibrated match decision, when the model directory ships a calibration for this model."""
+    from retrieval.encoders.factory import resolve_model_dir
+    from retrieval.errors import ModelNotFoundError
+    from retrieval.matching import MatchJudge, load_calibration
+
+    try:
+        model_dir = resolve_model_dir(encoder.identity.spec)
+    except ModelNotFoundError:
+        return None  # an open_clip ARCH:PRETRAINED pair: no directory, no calibration yet
+    calibration = load_calibration(model_dir, encoder.identity.fingerprint)
+    return MatchJudge(calibration, collection, encoder.dim) if calibration else None
 
 
 def run_index(settings: Settings, paths: list[Path], progress: ProgressCallback | None = None) -> IndexSummary:

@@ -23,7 +23,9 @@ from retrieval.media.limits import MediaLimits
 from retrieval.media.sniff import HEAD_BYTES, check_declared_type, sniff
 
 if TYPE_CHECKING:
+    from retrieval.decision import Decision
     from retrieval.encoders.model import Encoder
+    from retrieval.matching import MatchJudge
     from retrieval.query_batcher import QueryBatcher
 
 MAX_K = 1000
@@ -47,12 +49,14 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class SearchResult:
-    query_kind: str  # "text" | "image" | "audio"
+    query_kind: str  # "text" | "image" | "audio" | "item"
     query_value: str
     results: list[SearchHit]
+    decision: Decision | None = None  # None: the model has no calibration for this kind of query
 
     def to_dict(self) -> dict:
         return {"query": {"kind": self.query_kind, "value": self.query_value},
+                "decision": self.decision.to_dict() if self.decision else None,
                 "results": [hit.to_dict() for hit in self.results]}
 
 
@@ -72,10 +76,12 @@ def check_k(k: int) -> int:
 class SearchEngine:
     """Answers queries against one collection with the encoder that built it."""
 
-    def __init__(self, encoder: Encoder, collection: Collection, limits: MediaLimits | None = None) -> None:
+    def __init__(self, encoder: Encoder, collection: Collection, limits: MediaLimits | None = None,
+                 judge: MatchJudge | None = None) -> None:
         self.encoder = encoder
         self.collection = collection
         self.limits = limits or MediaLimits()
+        self.judge = judge  # the calibrated match decision; None for a model without calibration
         self.batcher: QueryBatcher | None = None  # set by a server: all encoding on one thread
 
     def start_batching(self, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
@@ -112,7 +118,8 @@ class SearchEngine:
 
     # ---------------------------------------------------------------- queries
 
-    def search_text(self, text: str, k: int = 10, modality: str = "all") -> SearchResult:
+    def search_text(self, text: str, k: int = 10, modality: str = "all",
+                    min_confidence: float | None = None) -> SearchResult:
         text = text.strip()
         if not text:
             raise QueryError("the text query is empty")
@@ -123,9 +130,10 @@ class SearchEngine:
             vector = self.batcher.encode_text(text)
         else:
             vector = self.encoder.encode_text([text])[0]
-        return SearchResult("text", text, self.search_vector(vector, k, modality))
+        return self.answer("text", text, vector, k, modality, min_confidence)
 
-    def search_file(self, path: str | Path, expected: str, k: int = 10, modality: str = "all") -> SearchResult:
+    def search_file(self, path: str | Path, expected: str, k: int = 10, modality: str = "all",
+                    min_confidence: float | None = None) -> SearchResult:
         """Search with an image or audio file, decoded exactly as indexing decodes it.
 
         Raises:
@@ -135,10 +143,10 @@ class SearchEngine:
             data, _info = read_file(str(path), self.limits)
         except MediaError as error:
             raise QueryFileError(f"cannot use {path} as a query: {error}", error.error_class.value) from None
-        return self.search_bytes(data, str(path), expected, k, modality)
+        return self.search_bytes(data, str(path), expected, k, modality, min_confidence=min_confidence)
 
     def search_bytes(self, data: bytes, name: str, expected: str, k: int = 10, modality: str = "all",
-                     media_type: str | None = None) -> SearchResult:
+                     media_type: str | None = None, min_confidence: float | None = None) -> SearchResult:
         """Search with the bytes of an image or sound (an upload); `name` labels it in messages.
 
         Args:
@@ -169,28 +177,48 @@ class SearchEngine:
             vector = self.batcher.run(lambda encoder: _embed_decoded(encoder, decoded))
         else:
             vector = _embed_decoded(self.encoder, decoded)
-        return SearchResult(expected, name, self.search_vector(vector, k, modality))
+        return self.answer(expected, name, vector, k, modality, min_confidence)
 
-    def search_item(self, item_id: int, k: int = 10, modality: str = "all") -> SearchResult:
+    def search_item(self, item_id: int, k: int = 10, modality: str = "all",
+                    min_confidence: float | None = None) -> SearchResult:
         """"More like this": search with an indexed item's own stored vector (no decoding).
 
         Raises:
             ItemNotFoundError: no item has this id.
         """
+        item = self.collection.store.get_item(item_id)
         vector = self.collection.store.item_vector(item_id, self.encoder.dim)
-        if vector is None:
+        if item is None or vector is None:
             raise ItemNotFoundError(f"no item with id {item_id}")
-        return SearchResult("item", str(item_id), self.search_vector(vector, k, modality))
+        result = self.answer(item.modality, str(item_id), vector, k, modality, min_confidence)
+        return SearchResult("item", str(item_id), result.results, result.decision)
 
     # ---------------------------------------------------------------- core
 
     def search_vector(self, vector: np.ndarray, k: int = 10, modality: str = "all") -> list[SearchHit]:
         """The k best items for a query vector (dim,), across one modality or both."""
+        return self._merge(self._search_targets(vector, k, modality), k)
+
+    def answer(self, kind: str, value: str, vector: np.ndarray, k: int, modality: str,
+               min_confidence: float | None = None) -> SearchResult:
+        """Ranked hits for a query vector plus the match decision for its kind of query."""
+        by_target = self._search_targets(vector, k, modality)
+        decision = None
+        if self.judge is not None:
+            scores = {target: [hit.score for hit in hits[:2]] for target, hits in by_target.items()}
+            decision = self.judge.decide(vector, kind, scores, min_confidence)
+        return SearchResult(kind, value, self._merge(by_target, k), decision)
+
+    def _search_targets(self, vector: np.ndarray, k: int, modality: str) -> dict[str, list[SearchHit]]:
         check_k(k)
         if modality not in TARGETS:
             raise QueryError(f"modality must be one of {', '.join(TARGETS)}, got {modality!r}")
         targets = MODALITIES if modality == "all" else (modality,)
-        hits = [hit for target in targets for hit in self._search_one(vector, k, target)]
+        return {target: self._search_one(vector, k, target) for target in targets}
+
+    @staticmethod
+    def _merge(by_target: dict[str, list[SearchHit]], k: int) -> list[SearchHit]:
+        hits = [hit for hits in by_target.values() for hit in hits]
         hits.sort(key=lambda hit: (-hit.score, hit.id))
         return hits[:k]
 

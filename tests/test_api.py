@@ -444,3 +444,32 @@ def test_a_new_generation_is_picked_up_without_a_restart(tmp_path):
         assert top["name"] == "newcomer.png" and top["path"] == "more/newcomer.png"
         assert client.get(top["media_url"]).content == newcomer.read_bytes()  # the new root is servable
         assert json.loads(client.get("/info").content)["items"]["image"] == 13
+
+
+# ------------------------------------------------------------------ the match decision
+
+
+def test_the_decision_says_whether_anything_matches(client):
+    present = client.post("/search/text", json={"query": "a big red circle on grey", "modality": "image"}).json()
+    absent = client.post("/search/text", json={"query": "a big purple hexagon on white", "modality": "image"}).json()
+    assert present["decision"]["match"] is True and present["decision"]["confidence"] > 0.5
+    assert absent["decision"]["match"] is False and absent["decision"]["confidence"] < 0.5
+    assert absent["results"], "the nearest items are still listed"
+    lenient = client.post("/search/text", json={"query": "a big purple hexagon on white", "min_confidence": 0.0})
+    assert lenient.json()["decision"]["match"] is True and lenient.json()["decision"]["threshold"] == 0.0
+    sound = _sound_of("small cyan circle on black", seed=12)
+    heard = client.post("/search/audio", files={"file": ("q.wav", sound, "audio/wav")}, data={"modality": "image"})
+    assert heard.json()["decision"]["match"] is True
+    unheard = client.post("/search/audio", files={"file": ("q.wav", _sound_of("big purple hexagon on white"),
+                                                           "audio/wav")}, data={"modality": "image"})
+    assert unheard.json()["decision"]["match"] is False
+
+
+def test_the_cli_prints_the_decision(collection):
+    from tests.conftest import run_json, run_xmodal
+
+    db = str(collection / "db")
+    table = run_xmodal("search", "a big purple hexagon on white", "--db", db, "--modality", "image", check=True)
+    assert "NO GOOD MATCH" in table.stdout and "confidence" in table.stdout
+    found = run_json("search", "a big red circle on grey", "--db", db, "-k", "2")
+    assert found["decision"]["match"] is True

@@ -75,7 +75,8 @@ def test_calibrating_the_starter_tells_present_from_absent(tmp_path):
     pairs = write_pairs(tmp_path / "pairs", {"test": 8}, seed=4)
     encoder = create_encoder("starter", device="cpu")
     calibration = calibrate_model(encoder, pairs, "test", removed_share=0.25, seed=0, workers=1)
-    assert set(calibration.maps) == {"text→image", "audio→image", "text→audio", "audio→audio"}
+    assert set(calibration.maps) == {f"{kind}→{target}" for kind in ("text", "audio", "image")
+                                     for target in ("image", "audio")}
     for key, figures in calibration.figures.items():
         assert figures["queries"] == 2 * 8 + 6 * 4 and figures["present"] == 6 * 4, key
         assert figures["auroc"] >= 0.9, (key, figures)
