@@ -364,3 +364,13 @@ def test_the_api_docs_render_offline(browser, base_url):
         assert problems == []
     finally:
         context.close()
+
+
+def test_the_page_says_when_nothing_matches(page):
+    search_words(page, "a big purple hexagon on white", "image")
+    expect(page.locator("#decision")).to_be_visible()
+    expect(page.locator("#decision")).to_contain_text("No good match")
+    assert page.locator("#results .result").count() > 0  # the nearest items are still shown
+    search_words(page, "a big red circle on grey", "image")
+    expect(page.locator("#decision")).to_contain_text("Match")
+    expect(page.locator("#decision")).not_to_have_class(re.compile("no-match"))

@@ -31,6 +31,7 @@ const ui = {
   preview: $("query-preview"),
   status: $("status"),
   results: $("results"),
+  decision: $("decision"),
   dropOverlay: $("drop-overlay"),
 };
 
@@ -153,6 +154,7 @@ function rememberInUrl(query, modality) {
 function setStatus(message, isError = false) {
   ui.status.textContent = message;
   ui.status.classList.toggle("error", isError);
+  if (ui.decision) ui.decision.hidden = true;  // a verdict belongs to the results it came with
 }
 
 function renderResults(data) {
@@ -165,6 +167,21 @@ function renderResults(data) {
   const took = Number(data.took_ms);
   const time = Number.isFinite(took) ? ` in ${took < 10 ? took.toFixed(1) : Math.round(took)} ms` : "";
   setStatus(`${results.length} ${results.length === 1 ? "result" : "results"}${time}`);
+  showDecision(data.decision);
+}
+
+// The calibrated verdict: does the collection hold what was asked? Absent when the model has no
+// calibration. The nearest items are listed either way.
+function showDecision(decision) {
+  const judged = decision && typeof decision === "object" && typeof decision.match === "boolean";
+  ui.decision.hidden = !judged;
+  if (!judged) return;
+  const confidence = Number(decision.confidence);
+  const percent = Number.isFinite(confidence) ? `${Math.round(confidence * 100)}%` : "unknown";
+  ui.decision.textContent = decision.match
+    ? `Match (confidence ${percent}).`
+    : `No good match in this collection (confidence ${percent}): the nearest items are shown below.`;
+  ui.decision.classList.toggle("no-match", !decision.match);
 }
 
 function formatBytes(bytes) {
