@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimit, HostGuard, KeyGuard, SecurityHeaders, hash_key
-from api.routes import items, search, service
+from api.routes import generated, items, search, service
 from api.routes.docs import install_docs
 from api.schemas import error_responses
 from retrieval.settings import ServerSettings, Settings, load_server_settings, load_settings
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
     install_error_handlers(app)
     app.include_router(search.router)
     app.include_router(items.router)
+    app.include_router(generated.router)
     app.include_router(service.router)
     app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
     install_docs(app)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from retrieval.engine import MAX_K, MAX_QUERY_CHARS
 
 Target = Literal["image", "audio", "all"]
+Generate = Literal["auto", "never", "always"]
 MAX_ITEM_ID = 2**63 - 1  # SQLite's INTEGER range; larger ids cannot exist
 
 
@@ -20,6 +21,7 @@ class TextQuery(BaseModel):
     modality: Target = Field("all", description="Search images, sounds, or both.")
     min_confidence: float | None = Field(None, ge=0, le=1, description="Confidence needed for a match "
                                                                          "(default: the calibration's).")
+    generate: Generate = Field("auto", description="Draw a picture when nothing matches (auto), never, or always.")
 
 
 class ItemQuery(BaseModel):
@@ -28,6 +30,7 @@ class ItemQuery(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     modality: Target = "all"
     min_confidence: float | None = Field(None, ge=0, le=1)
+    generate: Generate = "auto"
 
 
 class Segment(BaseModel):
@@ -58,9 +61,23 @@ class MatchDecision(BaseModel):
     reason: str
 
 
+class GeneratedPicture(BaseModel):
+    id: str
+    generated: Literal[True] = Field(description="Always true: this picture is not from the collection.")
+    url: str
+    query_kind: str
+    query_value: str
+    seed: int
+    model: str
+    generator: str
+    score: float = Field(description="Cosine of the picture's embedding to the query.")
+    created: float
+
+
 class SearchResponse(BaseModel):
     query: QueryEcho
     decision: MatchDecision | None = Field(description="None when the model has no calibration for this query.")
+    generated: GeneratedPicture | None = Field(description="A picture drawn because nothing matched.")
     results: list[Hit]
     took_ms: float
 

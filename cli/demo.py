@@ -37,6 +37,12 @@ def demo(
         for hit in answer.hits:
             mark = "✓" if hit.correct else "✗"
             output.stdout.print(f"  {hit.rank:>2}  {hit.score:.3f}  {mark}  {hit.path}", highlight=False)
+        if answer.match is not None:
+            verdict = "match" if answer.match else "NO GOOD MATCH"
+            output.stdout.print(f"  {verdict} (confidence {answer.confidence:.2f})", highlight=False)
+        if answer.generated_file:
+            output.stdout.print(f"  generated instead: {answer.generated_file} "
+                                f"(similarity {answer.generated_score:.2f})", highlight=False)
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in run.seconds.items())
     output.stdout.print(f"\n{run.images} images and {run.sounds} sounds ({timing})\nreport: {run.report}",
                         highlight=False)

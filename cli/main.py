@@ -86,22 +86,29 @@ def search(
     min_confidence: float | None = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
                                                 help="Confidence needed to call the best hit a match "
                                                      "(default: the calibration's, 0.5)."),
+    no_generate: bool = typer.Option(False, "--no-generate", help="Never draw a picture when nothing matches."),
+    always_generate: bool = typer.Option(False, "--always-generate", help="Draw a picture even when something "
+                                                                          "matches."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Search the collection with TEXT, --image FILE or --audio FILE; say whether anything matches."""
+    """Search the collection with TEXT, --image FILE or --audio FILE; say whether anything matches, and when
+    nothing does, draw a picture of what was asked (labelled generated; kept under DB/generated)."""
     given = [name for name, value in (("TEXT", text), ("--image", image), ("--audio", audio)) if value is not None]
     if len(given) != 1:
         raise fail("give exactly one query: TEXT, --image FILE or --audio FILE", EXIT_USAGE)
+    if no_generate and always_generate:
+        raise fail("--no-generate and --always-generate contradict each other", EXIT_USAGE)
+    generate = "never" if no_generate else "always" if always_generate else "auto"
     from retrieval.compose import build_engine
 
     engine = build_engine(_settings(db, model))
     try:
         if text is not None:
-            result = engine.search_text(text, k, modality.value, min_confidence)
+            result = engine.search_text(text, k, modality.value, min_confidence, generate)
         elif image is not None:
-            result = engine.search_file(image, "image", k, modality.value, min_confidence)
+            result = engine.search_file(image, "image", k, modality.value, min_confidence, generate)
         else:
-            result = engine.search_file(audio, "audio", k, modality.value, min_confidence)
+            result = engine.search_file(audio, "audio", k, modality.value, min_confidence, generate)
     finally:
         engine.close()
     if as_json:

@@ -74,8 +74,13 @@ def print_search(result) -> None:
     decision = result.decision
     if decision is not None:
         verdict = "match" if decision.match else "NO GOOD MATCH"
-        stdout.print(f"{verdict}: confidence {decision.confidence:.2f} (threshold {decision.threshold:.2f}); "
+        stdout.print(f"{verdict} (confidence {decision.confidence:.2f}, threshold {decision.threshold:.2f}): "
                      f"{decision.reason}", highlight=False)
+    if result.generated is not None:
+        made = result.generated
+        stdout.print(f"GENERATED (not from the collection): {result.generated_path}\n"
+                     f"  drawn for this query by {made.generator}, seed {made.seed}; similarity to the query "
+                     f"{made.score:.2f}", highlight=False)
 
 
 def print_index_summary(summary, max_failures: int = 20) -> None:

@@ -44,20 +44,48 @@ def build_engine(settings: Settings) -> SearchEngine:
         raise _no_collection(settings.db_dir)
     encoder = create_encoder(_model_spec(settings, stored), settings.device, settings.batch_size)
     collection = Collection.open(settings.db_dir, encoder.identity, writable=False)
-    return SearchEngine(encoder, collection, settings.limits, _match_judge(encoder, collection))
+    engine = SearchEngine(encoder, collection, settings.limits, _match_judge(encoder, collection))
+    _attach_generator(engine)
+    return engine
+
+
+def _model_dir(encoder) -> Path | None:
+    from retrieval.encoders.factory import resolve_model_dir
+    from retrieval.errors import ModelNotFoundError
+
+    try:
+        return resolve_model_dir(encoder.identity.spec)
+    except ModelNotFoundError:
+        return None  # an open_clip ARCH:PRETRAINED pair: no directory to hold a calibration or generator
+
+
+def _attach_generator(engine: SearchEngine) -> None:
+    """The model's own generator (MODEL_DIR/generator), when it was trained for exactly this model.
+    A missing or damaged one leaves search working, without the fallback."""
+    from generation.errors import GeneratorLoadError
+    from generation.storage import WEIGHTS_NAME, load_generator
+    from index.atomic import sha256_file
+
+    model_dir = _model_dir(engine.encoder)
+    folder = model_dir / "generator" if model_dir else None
+    if folder is None or not (folder / "generator.json").is_file():
+        return
+    try:
+        generator = load_generator(folder, engine.encoder.device)
+    except GeneratorLoadError:
+        return
+    if generator.config.trained_on.get("fingerprint") != engine.encoder.identity.fingerprint:
+        return
+    engine.generator = generator
+    engine.generator_name = f"{engine.encoder.identity.spec}/generator"
+    engine.generator_fingerprint = sha256_file(folder / WEIGHTS_NAME)[:32]
 
 
 def _match_judge(encoder, collection: Collection):
     """The calibrated match decision, when the model directory ships a calibration for this model."""
-    from retrieval.encoders.factory import resolve_model_dir
-    from retrieval.errors import ModelNotFoundError
     from retrieval.matching import MatchJudge, load_calibration
 
-    try:
-        model_dir = resolve_model_dir(encoder.identity.spec)
-    except ModelNotFoundError:
-        return None  # an open_clip ARCH:PRETRAINED pair: no directory, no calibration yet
-    calibration = load_calibration(model_dir, encoder.identity.fingerprint)
+    calibration = load_calibration(_model_dir(encoder), encoder.identity.fingerprint)
     return MatchJudge(calibration, collection, encoder.dim) if calibration else None
 
 

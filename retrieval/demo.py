@@ -56,6 +56,10 @@ class DemoAnswer:
     query_file: str | None = None  # the query sound, relative to the demo folder
     hits: list[DemoHit] = field(default_factory=list)
     millis: float = 0.0
+    match: bool | None = None  # the calibrated decision (None: not judged)
+    confidence: float | None = None
+    generated_file: str | None = None  # drawn because nothing matched, relative to the demo folder
+    generated_score: float | None = None
 
 
 @dataclass
@@ -162,12 +166,17 @@ def run_demo(out: Path, model: str = "starter", images: int = 240, sounds: int =
         answer = DemoAnswer(kind, text, target, _present(concept))
         begin = time.perf_counter()
         if kind == "text":
-            result = engine.search_text(text, k, target)
+            result = engine.search_text(text, k, target, generate="auto")
         else:
             answer.query_file = f"queries/{_slug(concept)}.wav"
             world.write_sound(out / answer.query_file, concept, np.random.default_rng([seed, 99, number]))
-            result = engine.search_file(out / answer.query_file, "audio", k, target)
+            result = engine.search_file(out / answer.query_file, "audio", k, target, generate="auto")
         answer.millis = (time.perf_counter() - begin) * 1000
+        if result.decision is not None:
+            answer.match, answer.confidence = result.decision.match, result.decision.confidence
+        if result.generated is not None:
+            answer.generated_file = Path(result.generated_path).resolve().relative_to(out).as_posix()
+            answer.generated_score = result.generated.score
         for rank, hit in enumerate(result.results, 1):
             relative = Path(hit.path).resolve().relative_to(media_root).as_posix()
             found = truth[relative]

@@ -21,6 +21,8 @@ h1 { font-size: 1.5rem; } h2 { font-size: 1.1rem; margin: 2rem 0 .4rem; }
 .hit .badge { color: #2e7d32; } .miss .badge { color: #c62828; }
 .note { background: #fff4e5; border-left: 4px solid #ef6c00; padding: .3rem .6rem; }
 .name { font-size: .8rem; color: #444; overflow-wrap: anywhere; }
+.decision.none { color: #c62828; }
+.card.generated { max-width: 220px; border: 2px dashed #c62828; margin-bottom: .8rem; }
 @media (max-width: 500px) { .grid { grid-template-columns: repeat(2, 1fr); } }
 """
 
@@ -41,6 +43,14 @@ def _answer(answer) -> str:
     if not answer.present:
         parts.append('<p class="note">This concept is deliberately absent from the collection: no result can '
                      'be right. Compare the scores with those of the queries above.</p>')
+    if answer.match is not None:
+        verdict = "match" if answer.match else "no good match"
+        parts.append(f'<p class="decision {"" if answer.match else "none"}">Decision: <b>{verdict}</b> '
+                     f'(confidence {answer.confidence:.2f})</p>')
+    if answer.generated_file:
+        parts.append(f'<div class="card generated"><span class="score">Generated, not from the collection · '
+                     f'similarity to the query {answer.generated_score:.2f}</span>'
+                     f'{_media(answer.generated_file, "image", "generated: " + answer.query)}</div>')
     parts.append(f'<p class="meta">{right} of {len(answer.hits)} results show exactly this concept · '
                  f'answered in {answer.millis:.0f} ms</p><div class="grid">')
     for hit in answer.hits:

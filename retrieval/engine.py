@@ -8,7 +8,7 @@ are found or the index is exhausted. Results never hold FAISS's -1 padding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +23,10 @@ from retrieval.media.limits import MediaLimits
 from retrieval.media.sniff import HEAD_BYTES, check_declared_type, sniff
 
 if TYPE_CHECKING:
+    from generation.network import FlowUNet
     from retrieval.decision import Decision
     from retrieval.encoders.model import Encoder
+    from retrieval.fallback import GeneratedImage
     from retrieval.matching import MatchJudge
     from retrieval.query_batcher import QueryBatcher
 
@@ -53,10 +55,13 @@ class SearchResult:
     query_value: str
     results: list[SearchHit]
     decision: Decision | None = None  # None: the model has no calibration for this kind of query
+    generated: GeneratedImage | None = None  # drawn when nothing matched (or when asked to)
+    generated_path: str | None = None
 
     def to_dict(self) -> dict:
+        generated = {**self.generated.to_dict(), "path": self.generated_path} if self.generated else None
         return {"query": {"kind": self.query_kind, "value": self.query_value},
-                "decision": self.decision.to_dict() if self.decision else None,
+                "decision": self.decision.to_dict() if self.decision else None, "generated": generated,
                 "results": [hit.to_dict() for hit in self.results]}
 
 
@@ -82,6 +87,9 @@ class SearchEngine:
         self.collection = collection
         self.limits = limits or MediaLimits()
         self.judge = judge  # the calibrated match decision; None for a model without calibration
+        self.generator: FlowUNet | None = None  # draws a picture when nothing matches (set by build_engine)
+        self.generator_name = ""
+        self.generator_fingerprint = ""
         self.batcher: QueryBatcher | None = None  # set by a server: all encoding on one thread
 
     def start_batching(self, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
@@ -119,7 +127,7 @@ class SearchEngine:
     # ---------------------------------------------------------------- queries
 
     def search_text(self, text: str, k: int = 10, modality: str = "all",
-                    min_confidence: float | None = None) -> SearchResult:
+                    min_confidence: float | None = None, generate: str = "never") -> SearchResult:
         text = text.strip()
         if not text:
             raise QueryError("the text query is empty")
@@ -130,10 +138,10 @@ class SearchEngine:
             vector = self.batcher.encode_text(text)
         else:
             vector = self.encoder.encode_text([text])[0]
-        return self.answer("text", text, vector, k, modality, min_confidence)
+        return self.answer("text", text, vector, k, modality, min_confidence, generate)
 
     def search_file(self, path: str | Path, expected: str, k: int = 10, modality: str = "all",
-                    min_confidence: float | None = None) -> SearchResult:
+                    min_confidence: float | None = None, generate: str = "never") -> SearchResult:
         """Search with an image or audio file, decoded exactly as indexing decodes it.
 
         Raises:
@@ -143,10 +151,12 @@ class SearchEngine:
             data, _info = read_file(str(path), self.limits)
         except MediaError as error:
             raise QueryFileError(f"cannot use {path} as a query: {error}", error.error_class.value) from None
-        return self.search_bytes(data, str(path), expected, k, modality, min_confidence=min_confidence)
+        return self.search_bytes(data, str(path), expected, k, modality, min_confidence=min_confidence,
+                                 generate=generate)
 
     def search_bytes(self, data: bytes, name: str, expected: str, k: int = 10, modality: str = "all",
-                     media_type: str | None = None, min_confidence: float | None = None) -> SearchResult:
+                     media_type: str | None = None, min_confidence: float | None = None,
+                     generate: str = "never") -> SearchResult:
         """Search with the bytes of an image or sound (an upload); `name` labels it in messages.
 
         Args:
@@ -177,10 +187,10 @@ class SearchEngine:
             vector = self.batcher.run(lambda encoder: _embed_decoded(encoder, decoded))
         else:
             vector = _embed_decoded(self.encoder, decoded)
-        return self.answer(expected, name, vector, k, modality, min_confidence)
+        return self.answer(expected, name, vector, k, modality, min_confidence, generate)
 
     def search_item(self, item_id: int, k: int = 10, modality: str = "all",
-                    min_confidence: float | None = None) -> SearchResult:
+                    min_confidence: float | None = None, generate: str = "never") -> SearchResult:
         """"More like this": search with an indexed item's own stored vector (no decoding).
 
         Raises:
@@ -190,8 +200,8 @@ class SearchEngine:
         vector = self.collection.store.item_vector(item_id, self.encoder.dim)
         if item is None or vector is None:
             raise ItemNotFoundError(f"no item with id {item_id}")
-        result = self.answer(item.modality, str(item_id), vector, k, modality, min_confidence)
-        return SearchResult("item", str(item_id), result.results, result.decision)
+        result = self.answer(item.modality, str(item_id), vector, k, modality, min_confidence, generate)
+        return replace(result, query_kind="item")
 
     # ---------------------------------------------------------------- core
 
@@ -200,14 +210,46 @@ class SearchEngine:
         return self._merge(self._search_targets(vector, k, modality), k)
 
     def answer(self, kind: str, value: str, vector: np.ndarray, k: int, modality: str,
-               min_confidence: float | None = None) -> SearchResult:
-        """Ranked hits for a query vector plus the match decision for its kind of query."""
+               min_confidence: float | None = None, generate: str = "never") -> SearchResult:
+        """Ranked hits for a query vector, the match decision for its kind of query, and a generated
+        picture when `generate` is "always", or "auto" and nothing matched ("never": no picture)."""
         by_target = self._search_targets(vector, k, modality)
         decision = None
         if self.judge is not None:
             scores = {target: [hit.score for hit in hits[:2]] for target, hits in by_target.items()}
             decision = self.judge.decide(vector, kind, scores, min_confidence)
-        return SearchResult(kind, value, self._merge(by_target, k), decision)
+        result = SearchResult(kind, value, self._merge(by_target, k), decision)
+        wanted = generate == "always" or (generate == "auto" and decision is not None and not decision.match)
+        if wanted and self.generator is not None:
+            generated, path = self.generate(kind, value, vector)
+            result = replace(result, generated=generated, generated_path=str(path))
+        return result
+
+    def generate(self, kind: str, value: str, vector: np.ndarray, seed: int = 0) -> tuple[GeneratedImage, Path]:
+        """A verified picture for a query vector, stored under the collection with its provenance
+        (or found there, when the same query was drawn before).
+
+        Raises:
+            QueryError: this model has no generator.
+            OSError: the collection directory cannot be written.
+        """
+        from retrieval.fallback import GeneratedStore, generated_id, new_provenance
+        from retrieval.generate import generate_verified
+
+        if self.generator is None:
+            raise QueryError(f"the model {self.encoder.identity.spec} has no generator")
+        store = GeneratedStore(self.collection.db_dir)
+        image_id = generated_id(vector, seed, self.generator_fingerprint)
+        found = store.find(image_id)
+        if found is not None:
+            return found[1], found[0]
+        if self.batcher is not None:
+            made = self.batcher.run(lambda encoder: generate_verified(self.generator, encoder, vector, seed=seed))
+        else:
+            made = generate_verified(self.generator, self.encoder, vector, seed=seed)
+        provenance = new_provenance(image_id, kind, value, seed, self.encoder.identity.spec, self.generator_name,
+                                    made.score)
+        return provenance, store.save(made.pixels, provenance)
 
     def _search_targets(self, vector: np.ndarray, k: int, modality: str) -> dict[str, list[SearchHit]]:
         check_k(k)

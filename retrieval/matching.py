@@ -75,6 +75,5 @@ class MatchJudge:
         confidence, target = best
         noun = {"image": "picture", "audio": "sound"}[target]
         if confidence >= threshold:
-            return Decision(True, confidence, threshold, f"the best {noun} matches (confidence {confidence:.2f})")
-        return Decision(False, confidence, threshold, f"no good match: the best {noun} is unlikely to show what was "
-                                                      f"asked (confidence {confidence:.2f} < {threshold:.2f})")
+            return Decision(True, confidence, threshold, f"the best {noun} is likely to show what was asked")
+        return Decision(False, confidence, threshold, f"no {noun} in the collection is likely to show what was asked")

@@ -471,5 +471,47 @@ def test_the_cli_prints_the_decision(collection):
     db = str(collection / "db")
     table = run_xmodal("search", "a big purple hexagon on white", "--db", db, "--modality", "image", check=True)
     assert "NO GOOD MATCH" in table.stdout and "confidence" in table.stdout
+    if GENERATOR_SHIPPED:
+        line = next(line for line in table.stdout.splitlines() if line.startswith("GENERATED"))
+        assert Path(line.split(": ", 1)[1]).is_file()
+    quiet = run_json("search", "a big purple hexagon on white", "--db", db, "--no-generate")
+    assert quiet["decision"]["match"] is False and quiet["generated"] is None
     found = run_json("search", "a big red circle on grey", "--db", db, "-k", "2")
     assert found["decision"]["match"] is True
+
+
+GENERATOR_SHIPPED = (STARTER_DIR / "generator" / "generator.json").is_file()
+
+
+@pytest.mark.skipif(not GENERATOR_SHIPPED, reason="the starter generator is not in this checkout")
+def test_nothing_matches_so_a_labelled_picture_is_generated(client, collection):
+    items_before = client.get("/info").json()["items"]
+    absent = client.post("/search/text", json={"query": "a big purple hexagon on white", "modality": "image"}).json()
+    made = absent["generated"]
+    assert made["generated"] is True and made["url"] == f"/generated/{made['id']}"
+    assert made["query_kind"] == "text" and made["query_value"] == "a big purple hexagon on white"
+    assert made["model"] == "starter" and -1 <= made["score"] <= 1
+    picture = client.get(made["url"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    assert picture.headers["x-xmodal-generated"] == "true"
+    assert Image.open(io.BytesIO(picture.content)).size == (64, 64)
+    again = client.post("/search/text", json={"query": "a big purple hexagon on white", "modality": "image"}).json()
+    assert again["generated"]["id"] == made["id"]  # drawn once, found the second time
+    assert client.get("/info").json()["items"] == items_before  # never added to the collection
+    assert (collection / "db" / "generated" / f"{made['id']}.json").is_file()  # provenance beside it
+    # The controls: never, always; and a match draws nothing by default.
+    never = client.post("/search/text", json={"query": "a big purple hexagon on white", "generate": "never"})
+    assert never.json()["generated"] is None
+    present = client.post("/search/text", json={"query": "a big red circle on grey", "modality": "image"}).json()
+    assert present["generated"] is None
+    forced = client.post("/search/text", json={"query": "a big red circle on grey", "generate": "always"}).json()
+    assert forced["generated"] is not None
+    sound = _sound_of("big purple hexagon on white", seed=3)
+    heard = client.post("/search/audio", files={"file": ("q.wav", sound, "audio/wav")}, data={"modality": "image"})
+    assert heard.json()["generated"]["query_kind"] == "audio"
+
+
+def test_generated_pictures_are_served_by_wellformed_id_only(client):
+    _error(client.get("/generated/" + "0" * 24), 404)
+    for attempt in ("..%2F..%2Fetc%2Fpasswd", "ABCDEF0123456789abcdef01", "0" * 23, "0" * 25, "%2Fetc%2Fpasswd"):
+        assert client.get(f"/generated/{attempt}").status_code in (404, 422), attempt

@@ -48,6 +48,11 @@ def test_demo_indexes_searches_and_writes_a_report(tmp_path):
     firsts = [b.splitlines()[1] for b in text_to_image]
     assert len(firsts) == 4 and all("✓" in line for line in firsts), result.stdout
     assert json.loads((out / "xmodal-demo.json").read_text())["model"] == "starter"
+    # The absent concept is called out as such, and a labelled picture is drawn in its place.
+    absent = next(b for b in blocks if "absent" in b)
+    assert "NO GOOD MATCH" in absent and all("NO GOOD MATCH" not in b for b in text_to_image)
+    if (STARTER_DIR / "generator" / "generator.json").is_file():
+        assert "generated instead: db/generated/" in absent and report.count("Generated, not from the collection") == 1
     # A second run replaces the first; a folder that is not a demo is never overwritten.
     run_xmodal("demo", "--out", str(out), check=True, timeout=240)
     (tmp_path / "mine").mkdir()

@@ -371,6 +371,13 @@ def test_the_page_says_when_nothing_matches(page):
     expect(page.locator("#decision")).to_be_visible()
     expect(page.locator("#decision")).to_contain_text("No good match")
     assert page.locator("#results .result").count() > 0  # the nearest items are still shown
+    from retrieval.encoders.factory import STARTER_DIR
+
+    if (STARTER_DIR / "generator" / "generator.json").is_file():  # a picture drawn instead, labelled
+        expect(page.locator("#generated")).to_be_visible()
+        expect(page.locator("#generated")).to_contain_text("Generated")
+        page.wait_for_function("() => document.querySelector('#generated-image').naturalWidth > 0")
     search_words(page, "a big red circle on grey", "image")
     expect(page.locator("#decision")).to_contain_text("Match")
     expect(page.locator("#decision")).not_to_have_class(re.compile("no-match"))
+    expect(page.locator("#generated")).to_be_hidden()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from api.deps import State
 from api.files import display_path, urls
-from api.schemas import ItemQuery, SearchResponse, Target, TextQuery, error_responses
+from api.schemas import Generate, ItemQuery, SearchResponse, Target, TextQuery, error_responses
 from api.state import ServerState
 from retrieval.engine import MAX_K, SearchResult
 
@@ -24,6 +24,7 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 KField = Annotated[int, Form(ge=1, le=MAX_K, description="How many results.")]
 TargetField = Annotated[Target, Form(description="Search images, sounds, or both.")]
 ConfidenceField = Annotated[float | None, Form(ge=0, le=1, description="Confidence needed for a match.")]
+GenerateField = Annotated[Generate, Form(description="Draw a picture when nothing matches (auto), never, or always.")]
 UploadField = Annotated[UploadFile, File(description="The query file.")]
 
 
@@ -35,7 +36,10 @@ def _response(state: ServerState, result: SearchResult, started: float) -> dict:
         hits.append({"id": hit.id, "modality": hit.modality, "score": round(hit.score, 6), "segment": segment,
                      "path": path, "name": path.rsplit("/", 1)[-1], **urls(hit.id)})
     return {"query": {"kind": result.query_kind, "value": result.query_value},
-            "decision": result.decision.to_dict() if result.decision else None, "results": hits,
+            "decision": result.decision.to_dict() if result.decision else None,
+            "generated": {**result.generated.to_dict(), "url": f"/generated/{result.generated.id}"}
+            if result.generated else None,
+            "results": hits,
             "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
@@ -47,14 +51,14 @@ def _upload_name(upload: UploadFile, fallback: str) -> str:
 
 
 def _search_upload(state: ServerState, upload: UploadFile, expected: str, k: int, modality: str,
-                   min_confidence: float | None) -> dict:
+                   min_confidence: float | None, generate: str) -> dict:
     started = time.perf_counter()
     with state.admission.slot():
         # BodyLimit has already bounded the request; this bounds what one part can hand us.
         data = upload.file.read(state.server.max_upload_bytes + 1)
         name = _upload_name(upload, f"uploaded {expected}")
         result = state.engine.search_bytes(data, name, expected, k, modality, media_type=upload.content_type,
-                                           min_confidence=min_confidence)
+                                           min_confidence=min_confidence, generate=generate)
         return _response(state, result, started)
 
 
@@ -63,22 +67,23 @@ def search_text(query: TextQuery, state: State) -> dict:
     """Find images and sounds that match words."""
     started = time.perf_counter()
     with state.admission.slot():
-        result = state.engine.search_text(query.query, query.k, query.modality, query.min_confidence)
+        result = state.engine.search_text(query.query, query.k, query.modality, query.min_confidence,
+                                          query.generate)
         return _response(state, result, started)
 
 
 @router.post("/image", response_model=SearchResponse, responses=_UPLOAD_ERRORS)
 def search_image(file: UploadField, state: State, k: KField = 10, modality: TargetField = "all",
-                 min_confidence: ConfidenceField = None) -> dict:
+                 min_confidence: ConfidenceField = None, generate: GenerateField = "auto") -> dict:
     """Find images and sounds that match an uploaded picture (JPEG, PNG, GIF, WebP, BMP)."""
-    return _search_upload(state, file, "image", k, modality, min_confidence)
+    return _search_upload(state, file, "image", k, modality, min_confidence, generate)
 
 
 @router.post("/audio", response_model=SearchResponse, responses=_UPLOAD_ERRORS)
 def search_audio(file: UploadField, state: State, k: KField = 10, modality: TargetField = "all",
-                 min_confidence: ConfidenceField = None) -> dict:
+                 min_confidence: ConfidenceField = None, generate: GenerateField = "auto") -> dict:
     """Find images and sounds that match an uploaded sound (WAV, FLAC, Ogg Vorbis, MP3)."""
-    return _search_upload(state, file, "audio", k, modality, min_confidence)
+    return _search_upload(state, file, "audio", k, modality, min_confidence, generate)
 
 
 @router.post("/item", response_model=SearchResponse, responses=error_responses(401, 404, 422, 429, 503))
@@ -86,5 +91,6 @@ def search_item(query: ItemQuery, state: State) -> dict:
     """More like this: search with an indexed item's own vector."""
     started = time.perf_counter()
     with state.admission.slot():
-        result = state.engine.search_item(query.id, query.k, query.modality, query.min_confidence)
+        result = state.engine.search_item(query.id, query.k, query.modality, query.min_confidence,
+                                          query.generate)
         return _response(state, result, started)

@@ -32,6 +32,9 @@ const ui = {
   status: $("status"),
   results: $("results"),
   decision: $("decision"),
+  generated: $("generated"),
+  generatedImage: $("generated-image"),
+  generatedCaption: $("generated-caption"),
   dropOverlay: $("drop-overlay"),
 };
 
@@ -155,6 +158,7 @@ function setStatus(message, isError = false) {
   ui.status.textContent = message;
   ui.status.classList.toggle("error", isError);
   if (ui.decision) ui.decision.hidden = true;  // a verdict belongs to the results it came with
+  if (ui.generated) ui.generated.hidden = true;
 }
 
 function renderResults(data) {
@@ -168,6 +172,20 @@ function renderResults(data) {
   const time = Number.isFinite(took) ? ` in ${took < 10 ? took.toFixed(1) : Math.round(took)} ms` : "";
   setStatus(`${results.length} ${results.length === 1 ? "result" : "results"}${time}`);
   showDecision(data.decision);
+  showGenerated(data.generated);
+}
+
+// A picture drawn because nothing matched: always labelled, never mistaken for a result.
+function showGenerated(generated) {
+  const url = generated && typeof generated.url === "string" && generated.url.startsWith("/generated/")
+    ? generated.url : null;
+  ui.generated.hidden = !url;
+  if (!url) return;
+  const score = Number(generated.score);
+  ui.generatedImage.src = url;
+  ui.generatedImage.alt = `A picture generated for “${String(generated.query_value ?? "")}”`;
+  ui.generatedCaption.textContent = `Not from your collection: drawn for this query` +
+    (Number.isFinite(score) ? ` (similarity ${score.toFixed(2)})` : "") + ".";
 }
 
 // The calibrated verdict: does the collection hold what was asked? Absent when the model has no
