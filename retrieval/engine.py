@@ -221,7 +221,10 @@ class SearchEngine:
         result = SearchResult(kind, value, self._merge(by_target, k), decision)
         wanted = generate == "always" or (generate == "auto" and decision is not None and not decision.match)
         if wanted and self.generator is not None:
-            generated, path = self.generate(kind, value, vector)
+            try:
+                generated, path = self.generate(kind, value, vector)
+            except OSError:
+                return result  # a read-only or full collection folder: the answer stands without a picture
             result = replace(result, generated=generated, generated_path=str(path))
         return result
 

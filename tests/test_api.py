@@ -515,3 +515,16 @@ def test_generated_pictures_are_served_by_wellformed_id_only(client):
     _error(client.get("/generated/" + "0" * 24), 404)
     for attempt in ("..%2F..%2Fetc%2Fpasswd", "ABCDEF0123456789abcdef01", "0" * 23, "0" * 25, "%2Fetc%2Fpasswd"):
         assert client.get(f"/generated/{attempt}").status_code in (404, 422), attempt
+
+
+@pytest.mark.skipif(not GENERATOR_SHIPPED, reason="the starter generator is not in this checkout")
+def test_a_collection_folder_that_cannot_be_written_still_answers(client, monkeypatch):
+    from retrieval import fallback
+
+    def full_disk(self, pixels, provenance):  # an injected fault: the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fallback.GeneratedStore, "save", full_disk)
+    response = client.post("/search/text", json={"query": "a small purple circle on black", "modality": "image"})
+    assert response.status_code == 200
+    assert response.json()["decision"]["match"] is False and response.json()["generated"] is None

@@ -358,8 +358,12 @@ def test_the_api_docs_render_offline(browser, base_url):
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
     try:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=30) as response:
+            operations = sum(len(methods) for methods in json.loads(response.read())["paths"].values())
         page.goto("/docs")
-        expect(page.locator(".opblock")).to_have_count(9, timeout=WAIT_MS)  # every operation
+        expect(page.locator(".opblock")).to_have_count(operations, timeout=WAIT_MS)  # every operation
         assert "/search/audio" in page.locator(".swagger-ui").inner_text()
         assert problems == []
     finally:
