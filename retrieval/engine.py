@@ -4,6 +4,10 @@ An audio item has several vectors (pooled plus one per window), so raw neighbour
 item, keeping the best-scoring vector and its time range; deleted ids (an older index generation
 while a writer works) resolve to nothing and are dropped; the search widens until k distinct items
 are found or the index is exhausted. Results never hold FAISS's -1 padding.
+
+Every answer also carries the calibrated match decision (retrieval/matching.py) when the model
+ships a calibration, and, when nothing matches and the model has a generator, a verified picture
+drawn instead (retrieval/generate.py, kept under the collection by retrieval/fallback.py).
 """
 
 from __future__ import annotations
