@@ -117,21 +117,16 @@ def judge(maps: dict[str, LogisticMap], sets: dict[tuple[str, str], LabelledQuer
 
 
 def embed_world_split(pairs_file: Path, split: str, encoder, workers: int | None = None,
-                      progress: Callable[[int, int], None] | None = None, seed: int = 0) -> WorldVectors:
-    """Embed the items of one split that have an image, a sound and captions."""
+                      progress: Callable[[int, int], None] | None = None) -> WorldVectors:
+    """Embed the items of one split that have an image, a sound and captions, as `xmodal eval`
+    embeds them (one caption per item, rotating through the templates)."""
     from retrieval.training.data import prepare_pairs
+    from retrieval.training.evaluate import embed_pairs
 
     prepared = prepare_pairs(pairs_file, (split,), encoder.inputs, need=("image", "audio", "captions"),
                              decode=("image", "audio"), workers=workers, progress=progress)
-    pairs, media = prepared.pairs, prepared.media
-    rng = np.random.default_rng(seed)
-    images = np.concatenate([encoder.encode_pixels(np.stack([media.pixels[p.image] for p in pairs[s : s + 256]]))
-                             for s in range(0, len(pairs), 256)])
-    embedded = encoder.embed_log_mels([media.log_mels[p.audio] for p in pairs],
-                                      [media.durations[p.audio] for p in pairs])
-    sounds = np.stack([e.pooled for e in embedded])
-    captions = encoder.encode_text([p.captions[int(rng.integers(len(p.captions)))] for p in pairs])
-    return WorldVectors(np.asarray(prepared.concepts), images, sounds, captions)
+    vectors = embed_pairs(encoder, prepared).vectors  # every item has all three: rows line up
+    return WorldVectors(np.asarray(prepared.concepts), vectors["image"], vectors["audio"], vectors["text"])
 
 
 CALIBRATION_NAME = "calibration.json"
@@ -171,7 +166,7 @@ def calibrate_model(encoder, pairs_file: Path, split: str = "test", removed_shar
         TrainingDataError: the split has no items with an image, a sound and captions.
         ValueError: too few present or absent queries to fit.
     """
-    vectors = embed_world_split(pairs_file, split, encoder, workers, progress, seed)
+    vectors = embed_world_split(pairs_file, split, encoder, workers, progress)
     sets = labelled_queries(vectors, removed_share, seed)
     maps = fit_calibration(sets)
     fitted_on = {"pairs": str(pairs_file), "split": split, "items": int(len(vectors.concepts)),
@@ -190,5 +185,5 @@ def check_calibration(calibration: Calibration, encoder, pairs_file: Path, split
     """
     if calibration.fingerprint != encoder.identity.fingerprint:
         raise ValueError(f"this calibration was fitted for {calibration.model}, not {encoder.identity.spec}")
-    vectors = embed_world_split(pairs_file, split, encoder, workers, progress, seed)
+    vectors = embed_world_split(pairs_file, split, encoder, workers, progress)
     return judge(calibration.maps, labelled_queries(vectors, removed_share, seed), calibration.threshold)
