@@ -16,6 +16,13 @@ class FsddSplit(str, Enum):
     speaker = "speaker"
 
 
+def _emit(report, json_out: Path | None) -> None:
+    """Print a benchmark's table, and write its JSON when asked."""
+    output.stdout.print(report.table(), highlight=False)
+    if json_out:
+        json_out.write_text(report.to_json())
+
+
 bench_app = typer.Typer(help="Benchmarks that print tables and write JSON.", no_args_is_help=True)
 
 
@@ -34,9 +41,7 @@ def bench_index(
     from retrieval.bench.index_bench import run_index_benchmark
 
     report = run_index_benchmark(model, images, sounds, workers, repeats)
-    output.stdout.print(report.table(), highlight=False)
-    if json_out:
-        json_out.write_text(report.to_json())
+    _emit(report, json_out)
 
 
 @bench_app.command("fsdd")
@@ -106,9 +111,7 @@ def bench_api(
     from retrieval.bench.api_bench import run_api_benchmark
 
     report = run_api_benchmark(db, requests, tuple(concurrency), k)
-    output.stdout.print(report.table(), highlight=False)
-    if json_out:
-        json_out.write_text(report.to_json())
+    _emit(report, json_out)
 
 
 @bench_app.command("generate")
@@ -126,9 +129,7 @@ def bench_generate(
     from retrieval.bench.generation_bench import run_generation_benchmark
 
     report = run_generation_benchmark(generator, model, candidates, seed, limit)
-    output.stdout.print(report.table(), highlight=False)
-    if json_out:
-        json_out.write_text(report.to_json())
+    _emit(report, json_out)
 
 
 @bench_app.command("decision")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from index.collection import Collection
+from index.errors import StorageFullError
 from index.records import MODALITIES
 from retrieval.errors import ItemNotFoundError, QueryError, QueryFileError
 from retrieval.indexing.prepare import Decoded, decode_media, read_file
@@ -209,10 +210,6 @@ class SearchEngine:
 
     # ---------------------------------------------------------------- core
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str = "all") -> list[SearchHit]:
-        """The k best items for a query vector (dim,), across one modality or both."""
-        return self._merge(self._search_targets(vector, k, modality), k)
-
     def answer(self, kind: str, value: str, vector: np.ndarray, k: int, modality: str,
                min_confidence: float | None = None, generate: str = "never") -> SearchResult:
         """Ranked hits for a query vector, the match decision for its kind of query, and a generated
@@ -227,7 +224,7 @@ class SearchEngine:
         if wanted and self.generator is not None:
             try:
                 generated, path = self.generate(kind, value, vector)
-            except OSError:
+            except (OSError, StorageFullError):
                 return result  # a read-only or full collection folder: the answer stands without a picture
             result = replace(result, generated=generated, generated_path=str(path))
         return result
@@ -238,7 +235,7 @@ class SearchEngine:
 
         Raises:
             QueryError: this model has no generator.
-            OSError: the collection directory cannot be written.
+            OSError, StorageFullError: the collection directory cannot be written.
         """
         from retrieval.fallback import GeneratedStore, generated_id, new_provenance
         from retrieval.generate import generate_verified

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from index.atomic import write_bytes_atomic
 
 FOLDER = "generated"
 _ID = re.compile(r"[0-9a-f]{24}")
@@ -51,17 +51,6 @@ def generated_id(query_vector: np.ndarray, seed: int, generator_fingerprint: str
     return digest.hexdigest()[:24]
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 class GeneratedStore:
     """The generated pictures of one collection directory."""
 
@@ -83,7 +72,7 @@ class GeneratedStore:
         """Write the picture, then its provenance (a record never points at a missing picture).
 
         Raises:
-            OSError: the collection directory cannot be written.
+            OSError, StorageFullError: the collection directory cannot be written.
         """
         import io
 
@@ -91,9 +80,9 @@ class GeneratedStore:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "PNG")
         picture = self.folder / f"{provenance.id}.png"
-        _write_atomic(picture, buffer.getvalue())
+        write_bytes_atomic(picture, buffer.getvalue())
         record = json.dumps(provenance.to_dict(), indent=2) + "\n"
-        _write_atomic(self.folder / f"{provenance.id}.json", record.encode())
+        write_bytes_atomic(self.folder / f"{provenance.id}.json", record.encode())
         return picture
 
 

@@ -29,6 +29,7 @@ class Generated:
     candidate: int  # which of the candidates was kept
     candidate_scores: tuple[float, ...]
     millis: float  # sampling plus verification
+    vector: np.ndarray  # (D,) the kept picture's image embedding, as verification computed it
 
     def image(self) -> Image.Image:
         return Image.fromarray(self.pixels)
@@ -58,4 +59,4 @@ def generate_verified(generator: FlowUNet, encoder: Encoder, query: np.ndarray, 
     scores = vectors @ query  # (C,)
     best = int(np.argmax(scores))
     return Generated(pixels[best], float(scores[best]), seed, best, tuple(float(s) for s in scores),
-                     (time.perf_counter() - started) * 1000)
+                     (time.perf_counter() - started) * 1000, vectors[best])

@@ -519,12 +519,17 @@ def test_generated_pictures_are_served_by_wellformed_id_only(client):
 
 @pytest.mark.skipif(not GENERATOR_SHIPPED, reason="the starter generator is not in this checkout")
 def test_a_collection_folder_that_cannot_be_written_still_answers(client, monkeypatch):
-    from retrieval import fallback
+    import errno
+    import os
 
-    def full_disk(self, pixels, provenance):  # an injected fault: the disk is full
-        raise OSError(28, "No space left on device")
+    real_replace = os.replace
 
-    monkeypatch.setattr(fallback.GeneratedStore, "save", full_disk)
+    def full_disk(source, target, *args, **kwargs):  # an injected fault: the disk fills while saving a picture
+        if "generated" in str(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full_disk)
     response = client.post("/search/text", json={"query": "a small purple circle on black", "modality": "image"})
     assert response.status_code == 200
     assert response.json()["decision"]["match"] is False and response.json()["generated"] is None
