@@ -45,6 +45,8 @@ class Hit(BaseModel):
     segment: Segment | None = Field(description="For a sound: the best-matching time range, in seconds.")
     path: str = Field(description="Indexed folder name and the path below it.")
     name: str
+    generated: bool = Field(description="A picture xmodal drew and the user kept in the collection, not their "
+                                        "own media.")
     media_url: str
     thumbnail_url: str
 

@@ -41,6 +41,10 @@ ModelOption = typer.Option(None, "--model", "-m", envvar="XMODAL_MODEL",
                                 "Default: the model the collection was built with; "
                                 "ViT-B-32:laion2b_s34b_b79k for a new one.")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+GeneratorOption = typer.Option(None, "--generator", envvar="XMODAL_GENERATOR",
+                               help="What draws when nothing matches: the model's own generator (default), "
+                                    "'none', a generator directory, or diffusers:SOURCE[?steps=N&guidance=W] "
+                                    "(extra [diffusers]).")
 
 
 def _settings(db: Path | None, model: str | None = None, **overrides):
@@ -89,6 +93,9 @@ def search(
     no_generate: bool = typer.Option(False, "--no-generate", help="Never draw a picture when nothing matches."),
     always_generate: bool = typer.Option(False, "--always-generate", help="Draw a picture even when something "
                                                                           "matches."),
+    keep_generated: bool = typer.Option(False, "--keep-generated", help="Add the drawn picture to the collection "
+                                                                        "(its results are marked generated)."),
+    generator: str | None = GeneratorOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Search the collection with TEXT, --image FILE or --audio FILE; say whether anything matches, and when
@@ -98,10 +105,14 @@ def search(
         raise fail("give exactly one query: TEXT, --image FILE or --audio FILE", EXIT_USAGE)
     if no_generate and always_generate:
         raise fail("--no-generate and --always-generate contradict each other", EXIT_USAGE)
+    if no_generate and keep_generated:
+        raise fail("--keep-generated keeps a drawn picture, and --no-generate draws none", EXIT_USAGE)
     generate = "never" if no_generate else "always" if always_generate else "auto"
     from retrieval.compose import build_engine
 
-    engine = build_engine(_settings(db, model))
+    settings = _settings(db, model, generator=generator)
+    engine = build_engine(settings)
+    kept = False
     try:
         if text is not None:
             result = engine.search_text(text, k, modality.value, min_confidence, generate)
@@ -109,12 +120,19 @@ def search(
             result = engine.search_file(image, "image", k, modality.value, min_confidence, generate)
         else:
             result = engine.search_file(audio, "audio", k, modality.value, min_confidence, generate)
+        if keep_generated and result.generated_path:
+            from retrieval.compose import keep_generated as keep
+
+            kept = keep(settings, engine.encoder, Path(result.generated_path)).failures == []
     finally:
         engine.close()
     if as_json:
-        output.print_json(result.to_dict())
+        output.print_json({**result.to_dict(), **({"kept": kept} if keep_generated else {})})
     else:
         output.print_search(result)
+        if kept:
+            output.stdout.print("  kept: the picture is in the collection now, marked generated in results",
+                                highlight=False)
 
 
 @app.command()

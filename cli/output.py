@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 # Piped output is for other programs: never wrap or fold a path at some assumed 80 columns.
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
@@ -69,7 +70,9 @@ def print_search(result) -> None:
         table.add_column(name, justify=justify, overflow="fold")
     for rank, hit in enumerate(result.results, 1):
         segment = f"{format_seconds(hit.segment[0])}-{format_seconds(hit.segment[1])}" if hit.segment else ""
-        table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, hit.path, segment)
+        # Text, not markup: a file named "[red].png" must print as it is.
+        path = Text(f"{hit.path}  [generated]" if hit.generated else hit.path)
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, path, segment)
     stdout.print(table)
     decision = result.decision
     if decision is not None:
@@ -80,7 +83,7 @@ def print_search(result) -> None:
         made = result.generated
         stdout.print(f"GENERATED (not from the collection): {result.generated_path}\n"
                      f"  drawn for this query by {made.generator}, seed {made.seed}; similarity to the query "
-                     f"{made.score:.2f}", highlight=False)
+                     f"{made.score:.2f}", highlight=False, markup=False)
 
 
 def print_index_summary(summary, max_failures: int = 20) -> None:

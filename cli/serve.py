@@ -20,6 +20,9 @@ def serve(
     db: Path | None = typer.Option(None, "--db", envvar="XMODAL_DB", help="Collection directory to serve."),
     model: str | None = typer.Option(None, "--model", "-m", envvar="XMODAL_MODEL",
                                      help="Model spec (default: the one the collection was built with)."),
+    generator: str | None = typer.Option(None, "--generator", envvar="XMODAL_GENERATOR",
+                                         help="What draws when nothing matches: the model's own (default), 'none', "
+                                              "a generator directory or diffusers:SOURCE[?steps=N&guidance=W]."),
     host: str = typer.Option("127.0.0.1", "--host", envvar="XMODAL_HOST",
                              help="Address to listen on. Anything but loopback needs --api-key."),
     port: int = typer.Option(8000, "--port", envvar="XMODAL_PORT", min=1, max=65535),
@@ -37,7 +40,7 @@ def serve(
     from retrieval.compose import collection_info
     from retrieval.settings import ServerSettings, ServerSettingsError, load_settings
 
-    settings = load_settings(db=db, model=model)
+    settings = load_settings(db=db, model=model, generator=generator)
     server = ServerSettings(host=host, port=port, api_key=api_key or None, allowed_hosts=tuple(allowed_host),
                             cors_origins=tuple(cors_origin), max_upload_bytes=int(max_upload_mb * 2**20))
     try:
@@ -49,6 +52,8 @@ def serve(
     os.environ["XMODAL_DB"] = str(settings.db_dir)
     if settings.model:
         os.environ["XMODAL_MODEL"] = settings.model
+    if settings.generator:
+        os.environ["XMODAL_GENERATOR"] = settings.generator
     import uvicorn
 
     shown = f"[{host}]" if ":" in host else host

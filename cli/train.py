@@ -9,6 +9,9 @@ import typer
 
 from cli import output
 from cli.errors import translate_errors
+from generation.config import GeneratorConfig
+
+GeneratorDefaults = GeneratorConfig(cond_dim=1)  # the shipped generator's shape: a light import, no torch
 
 train_app = typer.Typer(help="Train the shared space on your own pairs (or the bundled starter recipe).",
                         no_args_is_help=True)
@@ -146,10 +149,14 @@ def train_generator(
     pairs: Path = PairsOption,
     model: str = typer.Option(..., "--model", "-m", help="The embedding model whose space conditions the generator."),
     out: Path = OutOption,
-    image_size: int = typer.Option(64, "--image-size", help="Side of the generated images, in pixels."),
-    channels: int = typer.Option(16, "--channels", help="Width of the network's first level."),
-    channel_mults: str = typer.Option("1,2,4,4", "--channel-mults", help="Width multiple per level; each level "
-                                                                          "but the last halves the image."),
+    image_size: int = typer.Option(GeneratorDefaults.image_size, "--image-size",
+                                   help="Side of the generated images, in pixels."),
+    patch: int = typer.Option(GeneratorDefaults.patch, "--patch", min=1,
+                              help="Pixels per side folded into channels before the first level "
+                                   "(2: a 64 px image is worked on at 32 px)."),
+    channels: int = typer.Option(GeneratorDefaults.channels, "--channels", help="Width of the network's first level."),
+    channel_mults: str = typer.Option(",".join(map(str, GeneratorDefaults.channel_mults)), "--channel-mults",
+                                      help="Width multiple per level; each level but the last halves the image."),
     epochs: int = EpochsOption,
     batch_size: int = typer.Option(64, "--batch-size", min=2),
     lr: float = typer.Option(2e-3, "--lr"),
@@ -161,13 +168,15 @@ def train_generator(
     resume: bool = ResumeOption,
     workers: int | None = WorkersOption,
 ) -> None:
-    """Train a conditional image generator for a model's space (images with their image and caption embeddings)."""
+    """Train a conditional image generator for a model's space (images, with their image, caption and sound
+    embeddings as conditions)."""
     from generation.config import GeneratorConfig
     from retrieval.training.generator import train_generator as run
 
     try:
         mults = tuple(int(m) for m in channel_mults.split(","))
-        config = GeneratorConfig(cond_dim=1, image_size=image_size, channels=channels, channel_mults=mults)
+        config = GeneratorConfig(cond_dim=1, image_size=image_size, patch=patch, channels=channels,
+                                 channel_mults=mults)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     options = _options(epochs, batch_size, lr, seed, patience, max_minutes, device, False, weight_decay)

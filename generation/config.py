@@ -11,9 +11,11 @@ class GeneratorConfig:
     """A flow-matching UNet that draws `image_size`² RGB images from a condition vector."""
 
     cond_dim: int  # the dimension of the shared embedding space it is conditioned on
-    image_size: int = 32
+    # The defaults are the shipped starter generator's: 64 px pictures worked on at 32, 16, 8 and 4 px.
+    image_size: int = 64
     channels: int = 32  # width of the first level
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # one level per entry; all but the last halve the size
+    channel_mults: tuple[int, ...] = (1, 2, 2, 4)  # one level per entry; all but the last halve the size
+    patch: int = 2  # pixels per side folded into channels before the first level (space-to-depth)
     embed_dim: int = 128  # width of the time + condition embedding that modulates every block
     groups: int = 8  # GroupNorm groups
     cond_dropout: float = 0.1  # share of training rows drawn without condition (for guidance)
@@ -22,9 +24,9 @@ class GeneratorConfig:
     trained_on: dict = field(default_factory=dict)  # the embedding model's spec and fingerprint
 
     def __post_init__(self) -> None:
-        if self.image_size % (2 ** (len(self.channel_mults) - 1)):
-            raise ValueError(f"image_size {self.image_size} is not divisible by the {len(self.channel_mults) - 1} "
-                             f"halvings of channel_mults {self.channel_mults}")
+        if self.image_size % (self.patch * 2 ** (len(self.channel_mults) - 1)):
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch {self.patch} and the "
+                             f"{len(self.channel_mults) - 1} halvings of channel_mults {self.channel_mults}")
         if any(self.channels * mult % self.groups for mult in self.channel_mults):
             raise ValueError(f"every level's width must be divisible by groups={self.groups}")
 
@@ -41,6 +43,8 @@ class GeneratorConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown generator config field(s): {', '.join(sorted(unknown))}")
+        # Generators saved before patches existed worked on whole pixels.
+        values.setdefault("patch", 1)
         if "channel_mults" in values:
             values["channel_mults"] = tuple(values["channel_mults"])
         return cls(**values)

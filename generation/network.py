@@ -56,7 +56,12 @@ class FlowUNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.cond_mlp = nn.Sequential(nn.Linear(config.cond_dim, e), nn.SiLU(), nn.Linear(e, e))
         self.null_condition = nn.Parameter(torch.zeros(e))  # the embedding of "no condition"
-        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        # Space-to-depth: a patch of p×p pixels becomes 3p² channels, so the first level runs at
+        # 1/p of the size with wider layers, which CPUs compute far faster than thin ones (p=2 with
+        # 32 channels trains twice as many images per second as p=1 with 16, measured). Larger
+        # patches were tried: at p=4 the velocity, which carries every pixel of the noise, did not
+        # fit through 64 channels and pictures kept visible noise.
+        self.stem = nn.Conv2d(3 * config.patch**2, c, 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         width = c
@@ -73,7 +78,8 @@ class FlowUNet(nn.Module):
             self.upsample.append(nn.Identity() if last else nn.Conv2d(width, width, 3, padding=1))
             self.up.append(ResBlock(width + out, out, e, g))  # + the skip of the same level
             width = out
-        self.head = nn.Sequential(nn.GroupNorm(g, width), nn.SiLU(), nn.Conv2d(width, 3, 3, padding=1))
+        self.head = nn.Sequential(nn.GroupNorm(g, width), nn.SiLU(),
+                                  nn.Conv2d(width, 3 * config.patch**2, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -93,7 +99,7 @@ class FlowUNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         embedding = self.embed(t, condition, keep)  # (B, E)
-        h = self.stem(x)  # (B, C, S, S)
+        h = self.stem(F.pixel_unshuffle(x, self.config.patch))  # (B, C, S/p, S/p)
         skips = []
         for block, down in zip(self.down, self.downsample, strict=True):
             h = block(h, embedding)
@@ -106,4 +112,4 @@ class FlowUNet(nn.Module):
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = up(h)
             h = block(torch.cat([h, skip], dim=1), embedding)
-        return self.head(h)  # (B, 3, S, S)
+        return F.pixel_shuffle(self.head(h), self.config.patch)  # (B, 3, S, S)

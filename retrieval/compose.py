@@ -1,8 +1,9 @@
-"""The composition root: the one place that wires encoders, collections and (later) generators,
+"""The composition root: the one place that wires encoders, collections and generators,
 for both the CLI and the API."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def build_engine(settings: Settings) -> SearchEngine:
     encoder = create_encoder(_model_spec(settings, stored), settings.device, settings.batch_size)
     collection = Collection.open(settings.db_dir, encoder.identity, writable=False)
     engine = SearchEngine(encoder, collection, settings.limits, _match_judge(encoder, collection))
-    _attach_generator(engine)
+    _attach_generator(engine, settings.generator)
     return engine
 
 
@@ -59,26 +60,69 @@ def _model_dir(encoder) -> Path | None:
         return None  # an open_clip ARCH:PRETRAINED pair: no directory to hold a calibration or generator
 
 
-def _attach_generator(engine: SearchEngine) -> None:
-    """The model's own generator (MODEL_DIR/generator), when it was trained for exactly this model.
-    A missing or damaged one leaves search working, without the fallback."""
+def _attach_generator(engine: SearchEngine, choice: str | None) -> None:
+    """The generator that draws when nothing matches.
+
+    `choice` None: the model's own (MODEL_DIR/generator), when it was trained for exactly this
+    model; a missing or damaged one leaves search working, without the fallback. "none": no
+    fallback. A generator directory or a `diffusers:` spec: that one, and it must load.
+
+    Raises:
+        ModelLoadError: an explicitly chosen generator cannot be loaded or was made for another model.
+    """
+    from generation.errors import GeneratorLoadError
+    from retrieval.errors import ModelLoadError
+
+    if choice is not None and choice.strip().lower() == "none":
+        return
+    if choice is None:
+        model_dir = _model_dir(engine.encoder)
+        folder = model_dir / "generator" if model_dir else None
+        if folder is None or not (folder / "generator.json").is_file():
+            return
+        try:
+            engine.generator = _flow_drawer(engine, folder, f"{engine.encoder.identity.spec}/generator")
+        except GeneratorLoadError:
+            return
+        return
+    try:
+        engine.generator = _chosen_drawer(engine, choice)
+    except GeneratorLoadError as error:
+        raise ModelLoadError(f"cannot use the generator {choice}: {error}") from None
+
+
+def _flow_drawer(engine: SearchEngine, folder: Path, name: str):
+    """Raises GeneratorLoadError: damaged, or trained for another model's space."""
+    from generation.drawer import FlowDrawer
     from generation.errors import GeneratorLoadError
     from generation.storage import WEIGHTS_NAME, load_generator
     from index.atomic import sha256_file
 
-    model_dir = _model_dir(engine.encoder)
-    folder = model_dir / "generator" if model_dir else None
-    if folder is None or not (folder / "generator.json").is_file():
-        return
-    try:
-        generator = load_generator(folder, engine.encoder.device)
-    except GeneratorLoadError:
-        return
+    generator = load_generator(folder, engine.encoder.device)
     if generator.config.trained_on.get("fingerprint") != engine.encoder.identity.fingerprint:
-        return
-    engine.generator = generator
-    engine.generator_name = f"{engine.encoder.identity.spec}/generator"
-    engine.generator_fingerprint = sha256_file(folder / WEIGHTS_NAME)[:32]
+        raise GeneratorLoadError(f"{folder} was trained for {generator.config.trained_on.get('model', 'another model')}"
+                                 f", not for this collection's model {engine.encoder.identity.spec}")
+    return FlowDrawer(generator, name, sha256_file(folder / WEIGHTS_NAME)[:32])
+
+
+def _chosen_drawer(engine: SearchEngine, choice: str):
+    from generation.diffusers_adapter import is_diffusers_spec, load_diffusers_drawer, parse_spec
+    from retrieval.encoders.pretrained import hub_reachable
+
+    if not is_diffusers_spec(choice):
+        folder = Path(choice).expanduser()
+        return _flow_drawer(engine, folder, str(folder))
+    spec = parse_spec(choice)
+    # Offline, the hub client retries for half a minute: probe first and load from the cache only.
+    local_only = not spec.is_local and not hub_reachable()
+    drawer = load_diffusers_drawer(choice, str(engine.encoder.device), local_only)
+    if drawer.dim is not None and drawer.dim != engine.encoder.dim:
+        from generation.errors import GeneratorLoadError
+
+        raise GeneratorLoadError(f"the pipeline takes {drawer.dim}-dimensional image embeddings, but "
+                                 f"{engine.encoder.identity.spec} makes {engine.encoder.dim}-dimensional vectors: "
+                                 f"index with the CLIP model the pipeline was built on")
+    return drawer
 
 
 def _match_judge(encoder, collection: Collection):
@@ -114,6 +158,33 @@ def run_index(settings: Settings, paths: list[Path], progress: ProgressCallback 
         except KeyboardInterrupt:
             _save_if_stale(collection)  # what was committed becomes searchable at once
             raise
+        finally:
+            collection.close()
+    return summary
+
+
+def keep_generated(settings: Settings, encoder, picture: Path) -> IndexSummary:
+    """Add a generated picture (under DB/generated) to the searchable collection, through the same
+    indexing as any file, so it is durable and its results say "generated".
+
+    Raises:
+        DatabaseLockedError: another process is writing.
+        QueryError: `picture` is not one of this collection's generated pictures.
+    """
+    from retrieval.errors import QueryError
+    from retrieval.fallback import generated_prefix
+
+    folder = generated_prefix(settings.db_dir)
+    path = os.path.abspath(picture)
+    if not path.startswith(folder) or not os.path.isfile(path):
+        raise QueryError(f"{picture} is not a generated picture of the collection at {settings.db_dir}")
+    with WriterLock(settings.db_dir):
+        collection = Collection.open(settings.db_dir, encoder.identity, writable=True)
+        options = IndexOptions(workers=1, batch_size=settings.batch_size, limits=settings.limits)
+        try:
+            record_roots(collection.store, [folder.rstrip(os.sep)])  # the API may serve kept pictures
+            summary = index_paths([path], collection, encoder, options)
+            _save_if_stale(collection)
         finally:
             collection.close()
     return summary

@@ -22,13 +22,14 @@ from index.collection import Collection
 from index.errors import StorageFullError
 from index.records import MODALITIES
 from retrieval.errors import ItemNotFoundError, QueryError, QueryFileError
+from retrieval.fallback import generated_prefix
 from retrieval.indexing.prepare import Decoded, decode_media, read_file
 from retrieval.media.errors import MediaError
 from retrieval.media.limits import MediaLimits
 from retrieval.media.sniff import HEAD_BYTES, check_declared_type, sniff
 
 if TYPE_CHECKING:
-    from generation.network import FlowUNet
+    from generation.drawer import Drawer
     from retrieval.decision import Decision
     from retrieval.encoders.model import Encoder
     from retrieval.fallback import GeneratedImage
@@ -47,11 +48,12 @@ class SearchHit:
     modality: str
     score: float  # cosine similarity, -1..1
     segment: tuple[float, float] | None  # time range of the best-matching window, for audio
+    generated: bool = False  # a picture xmodal drew and the user kept (`--keep-generated`), not their media
 
     def to_dict(self) -> dict:
         segment = {"start": self.segment[0], "end": self.segment[1]} if self.segment else None
         return {"id": self.id, "path": self.path, "modality": self.modality,
-                "score": round(self.score, 6), "segment": segment}
+                "score": round(self.score, 6), "segment": segment, "generated": self.generated}
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,8 @@ class SearchEngine:
         self.collection = collection
         self.limits = limits or MediaLimits()
         self.judge = judge  # the calibrated match decision; None for a model without calibration
-        self.generator: FlowUNet | None = None  # draws a picture when nothing matches (set by build_engine)
-        self.generator_name = ""
-        self.generator_fingerprint = ""
+        self.generator: Drawer | None = None  # draws a picture when nothing matches (set by build_engine)
+        self._generated_prefix = generated_prefix(collection.db_dir)  # kept pictures are indexed from here
         self.batcher: QueryBatcher | None = None  # set by a server: all encoding on one thread
 
     def start_batching(self, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
@@ -221,7 +222,7 @@ class SearchEngine:
             decision = self.judge.decide(vector, kind, scores, min_confidence)
         result = SearchResult(kind, value, self._merge(by_target, k), decision)
         wanted = generate == "always" or (generate == "auto" and decision is not None and not decision.match)
-        if wanted and self.generator is not None:
+        if wanted and self.generator is not None and self.generator.can_draw(kind):
             try:
                 generated, path = self.generate(kind, value, vector)
             except (OSError, StorageFullError):
@@ -234,24 +235,28 @@ class SearchEngine:
         (or found there, when the same query was drawn before).
 
         Raises:
-            QueryError: this model has no generator.
+            QueryError: this model has no generator, or it cannot draw this kind of query.
             OSError, StorageFullError: the collection directory cannot be written.
         """
         from retrieval.fallback import GeneratedStore, generated_id, new_provenance
         from retrieval.generate import generate_verified
 
-        if self.generator is None:
+        generator = self.generator
+        if generator is None:
             raise QueryError(f"the model {self.encoder.identity.spec} has no generator")
+        if not generator.can_draw(kind):
+            raise QueryError(f"the generator {generator.name} cannot draw {kind} queries")
+        text = value if kind == "text" else None
         store = GeneratedStore(self.collection.db_dir)
-        image_id = generated_id(vector, seed, self.generator_fingerprint)
+        image_id = generated_id(vector, seed, generator.fingerprint)  # a text query's vector stands for its words
         found = store.find(image_id)
         if found is not None:
             return found[1], found[0]
         if self.batcher is not None:
-            made = self.batcher.run(lambda encoder: generate_verified(self.generator, encoder, vector, seed=seed))
+            made = self.batcher.run(lambda encoder: generate_verified(generator, encoder, vector, seed=seed, text=text))
         else:
-            made = generate_verified(self.generator, self.encoder, vector, seed=seed)
-        provenance = new_provenance(image_id, kind, value, seed, self.encoder.identity.spec, self.generator_name,
+            made = generate_verified(generator, self.encoder, vector, seed=seed, text=text)
+        provenance = new_provenance(image_id, kind, value, seed, self.encoder.identity.spec, generator.name,
                                     made.score)
         return provenance, store.save(made.pixels, provenance)
 
@@ -294,5 +299,6 @@ class SearchEngine:
             if item.id in best and best[item.id].score >= score:
                 continue
             segment = (found.start, found.end) if found.start is not None else None
-            best[item.id] = SearchHit(item.id, item.path, item.modality, float(score), segment)
+            best[item.id] = SearchHit(item.id, item.path, item.modality, float(score), segment,
+                                      item.path.startswith(self._generated_prefix))
         return best

@@ -1,5 +1,7 @@
 """Generated images: what the engine draws when nothing in the collection matches, kept under the
-collection directory with their provenance and never mixed into the searchable collection.
+collection directory with their provenance and never mixed into the searchable collection unless
+the user keeps one (`--keep-generated`): then it is indexed from where it lies, and its results say
+"generated".
 
     DB/generated/<id>.png     the picture (the verified best of several candidates)
     DB/generated/<id>.json    query kind and text (or file name), seed, embedding model, generator,
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +44,11 @@ class GeneratedImage:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def generated_prefix(db_dir: Path) -> str:
+    """How the paths of kept pictures (`xmodal search --keep-generated`) begin in the store."""
+    return os.path.join(os.path.abspath(Path(db_dir).expanduser() / FOLDER), "")
 
 
 def generated_id(query_vector: np.ndarray, seed: int, generator_fingerprint: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from generation.network import FlowUNet
+    from generation.drawer import Drawer
     from retrieval.encoders.model import Encoder
 
 DEFAULT_CANDIDATES = 4
@@ -42,19 +42,15 @@ def _to_encoder_size(pixels: np.ndarray, side: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(p).resize((side, side), Image.Resampling.BICUBIC)) for p in pixels])
 
 
-def generate_verified(generator: FlowUNet, encoder: Encoder, query: np.ndarray, candidates: int = DEFAULT_CANDIDATES,
-                      seed: int = 0, steps: int | None = None, guidance: float | None = None) -> Generated:
-    """The best of `candidates` pictures drawn for the unit query vector (dim,), by cosine to it."""
-    import torch
-
-    from generation.flow import sample
-
+def generate_verified(drawer: Drawer, encoder: Encoder, query: np.ndarray, candidates: int = DEFAULT_CANDIDATES,
+                      seed: int = 0, text: str | None = None) -> Generated:
+    """The best of `candidates` pictures drawn for the unit query vector (dim,) (and, for a text
+    query, its words), by cosine to the query vector."""
     if candidates < 1:
         raise ValueError("candidates must be at least 1")
     started = time.perf_counter()
     query = np.asarray(query, dtype=np.float32).reshape(-1)
-    conditions = torch.from_numpy(np.repeat(query[None], candidates, axis=0))  # (C, D)
-    pixels = sample(generator, conditions, seed, steps, guidance)  # (C, S, S, 3)
+    pixels = drawer.draw(query, text, candidates, seed)  # (C, S, S, 3)
     vectors = encoder.encode_pixels(_to_encoder_size(pixels, encoder.inputs.image_size))  # (C, D)
     scores = vectors @ query  # (C,)
     best = int(np.argmax(scores))

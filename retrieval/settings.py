@@ -25,6 +25,9 @@ class Settings:
     workers: int | None = None  # None: one per core but one
     batch_size: int = 64
     limits: MediaLimits = field(default_factory=MediaLimits)
+    # None: the model's own generator (MODEL_DIR/generator); "none": no fallback pictures; a
+    # generator directory; or "diffusers:SOURCE[?steps=N&guidance=W]" (extra [diffusers]).
+    generator: str | None = None
 
 
 def load_settings(db: Path | None = None, model: str | None = None, **overrides) -> Settings:
@@ -36,6 +39,7 @@ def load_settings(db: Path | None = None, model: str | None = None, **overrides)
         db_dir=Path(db).expanduser() if db else default_db_dir(),
         model=model or os.environ.get("XMODAL_MODEL") or None,
         workers=workers,
+        generator=overrides.pop("generator", None) or os.environ.get("XMODAL_GENERATOR") or None,
         **overrides,
     )
 

@@ -511,6 +511,33 @@ def test_nothing_matches_so_a_labelled_picture_is_generated(client, collection):
     assert heard.json()["generated"]["query_kind"] == "audio"
 
 
+@pytest.mark.skipif(not GENERATOR_SHIPPED, reason="the starter generator is not in this checkout")
+def test_a_kept_picture_joins_the_collection_marked_generated(collection, tmp_path):
+    import shutil
+
+    from tests.conftest import run_json, run_xmodal
+
+    db = tmp_path / "db"
+    shutil.copytree(collection / "db", db)  # the module's collection stays as the other tests expect it
+    query = ["search", "a big purple hexagon on white", "--db", str(db), "--modality", "image"]
+    refused = run_xmodal(*query, "--keep-generated", "--no-generate")
+    assert refused.returncode == 2 and "--keep-generated" in refused.stderr
+    first = run_json(*query, "--keep-generated")
+    assert first["kept"] is True and first["decision"]["match"] is False
+    assert not any(hit["generated"] for hit in first["results"])
+    picture = first["generated"]["path"]
+    again = run_json(*query, "--no-generate")
+    top = again["results"][0]
+    assert top["generated"] is True and top["path"] == picture and top["score"] > 0.8
+    assert all(hit["generated"] is False for hit in again["results"][1:])
+    assert "[generated]" in run_xmodal(*query, "--no-generate", "-k", "1", check=True).stdout
+    with _client(tmp_path) as kept_client:  # the service labels it too, and serves its file
+        hit = kept_client.post("/search/text", json={"query": "a big purple hexagon on white", "k": 1,
+                                                     "modality": "image", "generate": "never"}).json()["results"][0]
+        assert hit["generated"] is True and hit["name"] == Path(picture).name
+        assert kept_client.get(hit["media_url"]).content == Path(picture).read_bytes()
+
+
 def test_generated_pictures_are_served_by_wellformed_id_only(client):
     _error(client.get("/generated/" + "0" * 24), 404)
     for attempt in ("..%2F..%2Fetc%2Fpasswd", "ABCDEF0123456789abcdef01", "0" * 23, "0" * 25, "%2Fetc%2Fpasswd"):

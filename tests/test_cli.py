@@ -64,7 +64,7 @@ def test_search_output_as_table_and_json(indexed):
     result = run_json("search", "a blue square", "--db", str(db), "-k", "4", "--modality", "image")
     assert result["query"] == {"kind": "text", "value": "a blue square"}
     assert len(result["results"]) == 4
-    assert set(result["results"][0]) == {"id", "path", "modality", "score", "segment"}
+    assert set(result["results"][0]) == {"id", "path", "modality", "score", "segment", "generated"}
     assert {r["modality"] for r in result["results"]} == {"image"} and result["results"][0]["segment"] is None
 
 
@@ -120,3 +120,16 @@ def test_model_init_creates_a_usable_model_directory(tmp_path):
     assert "embedding dim 32" in result.stdout
     assert {p.name for p in out.iterdir()} == {"xmodal_model.json", "model.safetensors"}
     assert run_xmodal("model", "init", str(out), "--arch", "micro").returncode == 2  # never overwrites
+
+
+def test_paths_print_as_they_are_even_with_brackets():
+    from cli import output
+    from retrieval.engine import SearchHit, SearchResult
+
+    result = SearchResult("text", "q", [SearchHit(1, "/media/[red] square.png", "image", 0.9, None),
+                                        SearchHit(2, "/db/generated/ab.png", "image", 0.8, None, True)])
+    with output.stdout.capture() as captured:
+        output.print_search(result)
+    text = captured.get()
+    assert "/media/[red] square.png" in text  # not swallowed as markup
+    assert "/db/generated/ab.png  [generated]" in text

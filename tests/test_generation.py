@@ -133,23 +133,44 @@ def test_config_refuses_sizes_the_levels_cannot_halve():
 # ------------------------------------------------------------------ training for a model's space
 
 
-def test_conditions_mix_image_and_caption_vectors():
+def test_conditions_mix_image_caption_and_sound_vectors():
     from retrieval.training.generator import GeneratorData, pick_conditions
 
-    rows = 400
-    image_vectors = torch.zeros(rows, 4)
+    rows = 900
+    image_vectors = torch.zeros(rows, 5)
     image_vectors[:, 0] = 1
-    captions = torch.zeros(rows, 2, 4)
+    captions = torch.zeros(rows, 2, 5)
     captions[:, 0, 1] = 1
     captions[:, 1, 2] = 1
     n_captions = torch.full((rows,), 2)
-    n_captions[:50] = 0  # no captions: always the image's vector
-    data = GeneratorData(torch.zeros(rows, 3, 4, 4), image_vectors, captions, n_captions)
+    n_captions[:100] = 0  # no captions and no sound: always the image's vector
+    audio_vectors = torch.zeros(rows, 5)
+    audio_vectors[:, 3] = 1
+    has_audio = torch.ones(rows, dtype=torch.bool)
+    has_audio[:100] = False
+    has_audio[100:400] = False  # captions but no sound: image or a caption, half and half
+    data = GeneratorData(torch.zeros(rows, 3, 4, 4), image_vectors, captions, n_captions, audio_vectors, has_audio)
     picked = pick_conditions(data, torch.arange(rows), torch.Generator().manual_seed(0))
-    kind = picked.argmax(dim=1)  # 0: image, 1 or 2: one of the two captions
-    assert (kind[:50] == 0).all()
-    shares = torch.bincount(kind[50:], minlength=3).float() / (rows - 50)
-    assert 0.4 < shares[0] < 0.6 and 0.15 < shares[1] < 0.35 and 0.15 < shares[2] < 0.35
+    kind = picked.argmax(dim=1)  # 0: image, 1 or 2: one of the two captions, 3: the sound
+    assert (kind[:100] == 0).all()
+    no_sound = torch.bincount(kind[100:400], minlength=4).float() / 300
+    assert 0.4 < no_sound[0] < 0.6 and 0.15 < no_sound[1] < 0.35 and 0.15 < no_sound[2] < 0.35 and no_sound[3] == 0
+    everything = torch.bincount(kind[400:], minlength=4).float() / 500
+    assert 0.25 < everything[0] < 0.42 and 0.25 < everything[1] + everything[2] < 0.42 and 0.25 < everything[3] < 0.42
+
+
+def test_space_to_depth_patches_keep_the_image_size():
+    config = GeneratorConfig(cond_dim=8, image_size=32, patch=4, channels=16, channel_mults=(1, 2), groups=4)
+    model = FlowUNet(config)
+    for module in model.modules():  # non-zero weights, so the output shows where each pixel comes from
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    velocity = model(x, torch.rand(2), torch.randn(2, 8))
+    assert velocity.shape == x.shape
+    assert torch.count_nonzero(velocity[:, :, -4:, -4:]) > 0  # the last patch's pixels are drawn too
+    with pytest.raises(ValueError, match="patch"):
+        GeneratorConfig(cond_dim=8, image_size=36, patch=4, channel_mults=(1, 2))
 
 
 def test_train_generator_for_a_models_space(tmp_path, micro_model):
@@ -173,6 +194,7 @@ def test_train_generator_for_a_models_space(tmp_path, micro_model):
 
 
 def test_verified_generation_keeps_the_candidate_closest_to_the_query(micro_encoder):
+    from generation.drawer import FlowDrawer
     from retrieval.generate import generate_verified
 
     torch.manual_seed(1)
@@ -182,7 +204,7 @@ def test_verified_generation_keeps_the_candidate_closest_to_the_query(micro_enco
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.normal_(module.weight, std=0.2)
     query = micro_encoder.encode_text(["a big red circle on grey"])[0]
-    made = generate_verified(generator, micro_encoder, query, candidates=4, seed=3)
+    made = generate_verified(FlowDrawer(generator, "random", "0"), micro_encoder, query, candidates=4, seed=3)
     assert len(set(made.candidate_scores)) == 4 and made.score == max(made.candidate_scores)
     drawn = sample(generator, torch.from_numpy(np.repeat(query[None], 4, axis=0)), seed=3)
     assert np.array_equal(made.pixels, drawn[made.candidate])
@@ -191,3 +213,52 @@ def test_verified_generation_keeps_the_candidate_closest_to_the_query(micro_enco
 
     again = micro_encoder.encode_pixels(_to_encoder_size(made.pixels[None], micro_encoder.inputs.image_size))[0]
     assert float(again @ query) == pytest.approx(made.score, abs=1e-5)
+
+
+def test_the_starter_recipe_trains_checks_and_documents_its_generator(tmp_path, micro_model):
+    """The recipe's generator stage, on a micro model and a tiny corpus: the generator lands in
+    OUT/generator for exactly that model, with the benchmark's figures in its card."""
+    import json
+    import shutil
+
+    from generation.drawer import FlowDrawer
+    from retrieval.training.loop import TrainOptions
+    from retrieval.training.starter import StarterRecipe, _generator_stage
+    from tests.helpers.pairs_data import write_pairs
+
+    out = tmp_path / "model"
+    shutil.copytree(micro_model, out)
+    pairs = write_pairs(tmp_path / "pairs", {"train": 6, "val": 2}, image_size=32)
+    recipe = StarterRecipe(generator=TrainOptions(epochs=1, batch_size=8, device="cpu", max_minutes=5),
+                           generator_config=GeneratorConfig(cond_dim=1, image_size=16, patch=2, channels=16,
+                                                            channel_mults=(1, 2), groups=4, steps=2),
+                           generator_check_limit=6)
+    stages = []
+    _generator_stage(out, tmp_path / "work", pairs, recipe, 1, stages.append, None, None)
+    assert stages == ["training the fallback generator", "checking what the generator draws"]
+    folder = out / "generator"
+    report = json.loads((folder / "bench-generate.json").read_text())
+    asked = sum(kind["queries"] for group in report["groups"].values() for kind in group.values())
+    assert asked == 2 * 6  # each concept checked from words and from a sound
+    card = (folder / "README.md").read_text()
+    assert "## Figures" in card and "| text | 6 |" in card and "--patch 2 --channels 16" in card
+    from types import SimpleNamespace
+
+    from retrieval.compose import _flow_drawer
+    from retrieval.encoders import create_encoder
+
+    engine = SimpleNamespace(encoder=create_encoder(str(out), device="cpu"))  # what _flow_drawer reads
+    assert isinstance(_flow_drawer(engine, folder, "starter/generator"), FlowDrawer)  # made for this model
+    stages.clear()
+    _generator_stage(out, tmp_path / "work", pairs, recipe, 1, stages.append, None, None)
+    assert stages == ["checking what the generator draws"]  # a rerun resumes: nothing trained twice
+
+
+def test_configs_saved_before_patches_existed_load_as_they_were_trained():
+    import json
+
+    old = json.loads(TINY.to_json())
+    del old["patch"]
+    assert GeneratorConfig.from_json(json.dumps(old)).patch == 1  # not today's default
+    with pytest.raises(ValueError, match="unknown"):
+        GeneratorConfig.from_json(json.dumps({**old, "prediction": "noise"}))

@@ -34,7 +34,7 @@ def _response(state: ServerState, result: SearchResult, started: float) -> dict:
         segment = {"start": hit.segment[0], "end": hit.segment[1]} if hit.segment else None
         path = display_path(hit.path, state.roots)
         hits.append({"id": hit.id, "modality": hit.modality, "score": round(hit.score, 6), "segment": segment,
-                     "path": path, "name": path.rsplit("/", 1)[-1], **urls(hit.id)})
+                     "path": path, "name": path.rsplit("/", 1)[-1], "generated": hit.generated, **urls(hit.id)})
     return {"query": {"kind": result.query_kind, "value": result.query_value},
             "decision": result.decision.to_dict() if result.decision else None,
             "generated": {**result.generated.to_dict(), "url": f"/generated/{result.generated.id}"}

@@ -25,19 +25,24 @@ export function createResult(item, onMore) {
   card.dataset.id = String(item.id);
   card.dataset.modality = String(item.modality);
   card.dataset.score = String(item.score);
+  if (item.generated === true) card.dataset.generated = "true";
   if (item.path) card.title = String(item.path);
 
   const open = make("button", "open");
   open.type = "button";
   open.setAttribute("aria-label",
-    `More like this: ${name}, ${isSound ? "sound" : "image"}, score ${formatScore(score)}`);
+    `More like this: ${name}, ${item.generated === true ? "generated " : ""}${isSound ? "sound" : "image"}, ` +
+    `score ${formatScore(score)}`);
   const thumb = make("img", "thumb");
   thumb.alt = name;
   thumb.loading = "lazy";
   thumb.decoding = "async";
   if (item.thumbnail_url) thumb.src = String(item.thumbnail_url);
   const meta = make("span", "meta");
-  meta.append(make("span", "badge", isSound ? "sound" : "image"), make("span", "score", formatScore(score)));
+  meta.append(make("span", "badge", isSound ? "sound" : "image"));
+  // A picture xmodal drew and the user kept: never passed off as their own media.
+  if (item.generated === true) meta.append(make("span", "badge generated-badge", "generated"));
+  meta.append(make("span", "score", formatScore(score)));
   const bar = make("span", "score-bar");
   const fill = make("span");
   fill.style.width = `${Math.round(Math.min(Math.max(Number.isFinite(score) ? score : 0, 0), 1) * 100)}%`;

@@ -84,12 +84,14 @@ def run_generation_benchmark(generator_dir: Path, model: str = "starter", candid
     """Generate for every absent concept (or the first `limit`), once from words and once from a sound."""
     import torch
 
+    from generation.drawer import FlowDrawer
     from generation.storage import load_generator
     from retrieval.encoders.factory import create_encoder
 
     torch.manual_seed(seed)
     encoder = create_encoder(model)
     generator = load_generator(generator_dir, encoder.device)
+    drawer = FlowDrawer(generator, str(generator_dir), "")
     everything = world.all_concepts()
     captions = encoder.encode_text([world.canonical_caption(c) for c in everything])  # (384, D)
     concepts = absent_concepts()[:limit] if limit else absent_concepts()
@@ -101,7 +103,7 @@ def run_generation_benchmark(generator_dir: Path, model: str = "starter", candid
         queries = {"text": encoder.encode_text([world.caption(concept, rng)])[0],
                    "audio": encoder.encode_audio([world.render_sound(concept, rng)])[0]}
         for kind, vector in queries.items():
-            made = generate_verified(generator, encoder, vector, candidates, seed=seed + number)
+            made = generate_verified(drawer, encoder, vector, candidates, seed=seed + number)
             guess = everything[int(np.argmax(captions @ made.vector))]  # the verifier's own embedding
             figures = report.groups.setdefault(group, {}).setdefault(kind, KindFigures())
             figures.queries += 1

@@ -1,11 +1,13 @@
 """`xmodal train generator`: teach a conditional generator to draw what a vector of the shared space
 describes (an unCLIP-style decoder for any model's space).
 
-Each training image is paired with a condition drawn afresh every step: its own image embedding
-or the embedding of one of its captions (half and half), both from the frozen embedding model, so
-the generator learns to answer text-like and image-like vectors alike, and audio queries, which
-the audio tower maps into the same space, come for free. A share of rows (the config's
-`cond_dropout`) lose their condition, which trains the null condition that guidance needs.
+Each training image is paired with a condition drawn afresh every step: its own image embedding,
+the embedding of one of its captions, or the embedding of its sound (a third each, where the pair
+has a sound and the model an audio tower), all from the frozen embedding model. The three towers
+map into one space but not onto one point: a sound's vector sits apart from its caption's, so a
+generator that never saw sound vectors draws worse pictures for audio queries. A share of rows
+(the config's `cond_dropout`) lose their condition, which trains the null condition that guidance
+needs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from retrieval.encoders.model import Encoder
 from retrieval.training.data import Prepared, prepare_pairs, split_validation
 from retrieval.training.loop import FitResult, TrainEvent, TrainOptions, fit
 
-IMAGE_CONDITION_SHARE = 0.5  # of conditioned rows: the rest get a caption's embedding
+EMBED_CHUNK = 256  # items per encoder call while embedding the training set
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class GeneratorData:
     image_vectors: torch.Tensor  # (N, D) the frozen image tower's embeddings
     caption_vectors: torch.Tensor  # (N, C, D) caption embeddings, zero-padded
     n_captions: torch.Tensor  # (N,) int64
+    audio_vectors: torch.Tensor  # (N, D) the sound's embedding, zero where the pair has no sound
+    has_audio: torch.Tensor  # (N,) bool
 
     def __len__(self) -> int:
         return len(self.images)
@@ -45,8 +49,8 @@ def generator_data(prepared: Prepared, encoder: Encoder, image_size: int) -> Gen
     """Images at the generator's size and the embedding model's vectors of them and their captions."""
     pairs, media = prepared.pairs, prepared.media
     pixels = np.stack([media.pixels[p.image] for p in pairs])  # (N, s, s, 3) uint8
-    image_vectors = torch.from_numpy(np.concatenate([encoder.encode_pixels(pixels[s : s + 256])
-                                                     for s in range(0, len(pixels), 256)]))
+    image_vectors = torch.from_numpy(np.concatenate([encoder.encode_pixels(pixels[s : s + EMBED_CHUNK])
+                                                     for s in range(0, len(pixels), EMBED_CHUNK)]))
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, s, s)
     if images.shape[-1] != image_size:
         images = F.interpolate(images, size=(image_size, image_size), mode="area" if images.shape[-1] > image_size
@@ -60,16 +64,38 @@ def generator_data(prepared: Prepared, encoder: Encoder, image_size: int) -> Gen
         vectors = torch.from_numpy(encoder.encode_text([text for _, _, text in chunk]))
         for (row, column, _), vector in zip(chunk, vectors, strict=True):
             captions[row, column] = vector
-    return GeneratorData(images.contiguous(), image_vectors, captions, n_captions)
+    audio_vectors, has_audio = audio_conditions(prepared, encoder)
+    return GeneratorData(images.contiguous(), image_vectors, captions, n_captions, audio_vectors, has_audio)
+
+
+def audio_conditions(prepared: Prepared, encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) pooled sound embeddings and (N,) which pairs have one."""
+    media = prepared.media
+    rows = [row for row, p in enumerate(prepared.pairs) if p.audio is not None and p.audio in media.log_mels]
+    vectors = torch.zeros(len(prepared.pairs), encoder.dim)
+    has_audio = torch.zeros(len(prepared.pairs), dtype=torch.bool)
+    for start in range(0, len(rows), EMBED_CHUNK):
+        chunk = rows[start : start + EMBED_CHUNK]
+        clips = [prepared.pairs[row].audio for row in chunk]
+        embedded = encoder.embed_log_mels([media.log_mels[c] for c in clips], [media.durations[c] for c in clips])
+        for row, embedding in zip(chunk, embedded, strict=True):
+            vectors[row] = torch.from_numpy(embedding.pooled)
+            has_audio[row] = True
+    return vectors, has_audio
 
 
 def pick_conditions(data: GeneratorData, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, D): each row's image embedding or one of its captions', drawn from `generator`."""
-    use_image = torch.rand(len(indices), generator=generator) < IMAGE_CONDITION_SHARE
-    use_image |= data.n_captions[indices] == 0
+    """(B, D): each row's image embedding, one of its captions' or its sound's, drawn from
+    `generator` evenly among the kinds the row has (the image always)."""
+    has_caption = data.n_captions[indices] > 0
+    has_audio = data.has_audio[indices]
+    kinds = 1 + has_caption.long() + has_audio.long()  # (B,) how many kinds each row can draw from
+    draw = (torch.rand(len(indices), generator=generator) * kinds).long()  # 0 = image, then caption, then audio
+    use_caption = has_caption & (draw == 1)
+    use_audio = has_audio & (draw == kinds - 1) & (draw > 0)
     choice = (torch.rand(len(indices), generator=generator) * data.n_captions[indices].clamp(min=1)).long()
-    captions = data.caption_vectors[indices, choice]
-    return torch.where(use_image[:, None], data.image_vectors[indices], captions)
+    conditions = torch.where(use_caption[:, None], data.caption_vectors[indices, choice], data.image_vectors[indices])
+    return torch.where(use_audio[:, None], data.audio_vectors[indices], conditions)
 
 
 class GeneratorTask:
@@ -128,7 +154,7 @@ def train_generator(pairs_file: Path, model: str, out: Path, options: TrainOptio
     encoder = create_encoder(model, device=options.device)
     config = replace(config or GeneratorConfig(cond_dim=encoder.dim),
                      cond_dim=encoder.dim, trained_on={"model": model, "fingerprint": encoder.identity.fingerprint})
-    prepared = prepare_pairs(pairs_file, ("train", "val"), encoder.inputs, need=("image",), decode=("image",),
+    prepared = prepare_pairs(pairs_file, ("train", "val"), encoder.inputs, need=("image",), decode=("image", "audio"),
                              workers=workers, progress=on_load)
     train, val = split_validation(prepared, options.val_fraction, options.seed)
     with torch.random.fork_rng(devices=[]):

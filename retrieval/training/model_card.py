@@ -97,3 +97,88 @@ def starter_card(recipe, reports: dict[str, EvalReport], seconds: dict[str, floa
     for name, report in reports.items():
         sections += ["", f"### {name} ({report.items} items)", "", _table(report)]
     return "\n".join(sections) + "\n"
+
+
+def generator_card(training: dict, size: int, params: int, report, commands: list[str],
+                   wall_minutes: float | None = None) -> str:
+    """The card of a generator trained for the starter: data, command, network, training, and the
+    figures of `xmodal bench generate` (`report`, a GenerationReport). `wall_minutes`: the whole
+    training command, with decoding and embedding the corpus."""
+    import json
+
+    config = json.loads(training["task"]["config"])
+    options = training["options"]
+    history = training["history"]
+    levels = [config["channels"] * m for m in config["channel_mults"]]
+    sizes = [config["image_size"] // config.get("patch", 1) // 2**i for i in range(len(levels))]
+    losses = ", ".join(f"{row['val_loss']:.3f}" for row in history)
+    minutes = training["seconds"] / 60
+    machine = f"{cpu_name()} ({os.cpu_count()} logical cores), {_date()}"
+    rows = ["| concepts | query | n | concept right | shape | colour | size | background | ms p50 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    overall = {}
+    for group, kinds in report.groups.items():
+        for kind, figures in kinds.items():
+            s = figures.summary()
+            a = s["attribute_recognised"]
+            rows.append(f"| {group} | {kind} | {s['queries']} | {s['concept_recognised']:.2f} | {a['shape']:.2f} | "
+                        f"{a['colour']:.2f} | {a['size']:.2f} | {a['background']:.2f} | {s['median_ms']:.0f} |")
+            right, n = overall.get(kind, (0, 0))
+            overall[kind] = (right + figures.concept, n + figures.queries)
+    share = {kind: right / max(n, 1) for kind, (right, n) in overall.items()}
+    millis = [m for kinds in report.groups.values() for figures in kinds.values() for m in figures.millis]
+    median_ms = sorted(millis)[len(millis) // 2] if millis else float("nan")
+
+    def verdict(value: float, target: float) -> str:
+        return f"{value:.2f} (target ≥ {target:.2f}, {'met' if value >= target else '**not met**'})"
+
+    return "\n".join([
+        "# starter generator",
+        "",
+        "A conditional image generator for the `starter` model's shared space: give it a unit vector of that space "
+        "(a caption's, a picture's or a sound's embedding) and it draws a "
+        f"{config['image_size']}×{config['image_size']} picture of what the vector describes. `xmodal search` uses "
+        "it when nothing in a collection matches.",
+        "",
+        "## Data and command",
+        "",
+        "The starter's own synthetic corpus (seed 0, the train split; "
+        f"{options['val_fraction']:.0%} held back for validation). Each image is conditioned, afresh at every step, "
+        "on its own image embedding, one of its caption embeddings or its sound's embedding (a third each), "
+        f"and {config['cond_dropout']:.0%} of rows go without condition (for classifier-free guidance):",
+        "",
+        "```console",
+        *(f"$ {command}" for command in commands),
+        "```",
+        "",
+        f"- Network: a flow-matching UNet (`generation/network.py`). Each {config.get('patch', 1)}×"
+        f"{config.get('patch', 1)} patch of pixels is folded into channels first, then {len(levels)} levels of width "
+        f"{', '.join(map(str, levels))} at {', '.join(f'{s}' for s in sizes)} px, FiLM-modulated by the flow time "
+        f"and the condition; {params / 1e6:.2f} M parameters, float16 on disk ({size / 2**20:.1f} MiB).",
+        f"- Training: AdamW, lr {options['lr']:g} one-cycle, batch {options['batch_size']}, {training['steps']} steps "
+        f"in {minutes:.1f} minutes on {machine} ({training['stopped']})"
+        + (f"; the whole command, with decoding and embedding the corpus, took {wall_minutes:.1f} minutes"
+           if wall_minutes else "") + f". Validation loss by epoch: {losses}.",
+        f"- Sampling: {config['steps']} Euler steps, guidance weight {config['guidance']:g}, "
+        f"{report.candidates} candidates per query; the one the starter's image tower places closest to the query "
+        "is kept.",
+        "",
+        "## Figures",
+        "",
+        f"`xmodal bench generate --generator {report.generator}` (every concept the demo collection leaves out, "
+        "purple things and hexagons, each asked once in words and once as a sound; the starter's image tower judges "
+        "each picture zero-shot among the captions of all 384 concepts):",
+        "",
+        *rows,
+        "",
+        f"All concepts: text {verdict(share.get('text', 0.0), 0.80)}, audio {verdict(share.get('audio', 0.0), 0.70)}."
+        f" One verified picture ({report.candidates} candidates of {report.steps} steps plus their embedding): "
+        f"{median_ms:.0f} ms at the median on {report.cores} cores ({report.cpu}; target ≤ 2 s).",
+        "",
+        "## Limits",
+        "",
+        "It knows only the synthetic world of the starter model: shapes, colours, sizes and backgrounds. Pictures "
+        "are small and soft-edged; verification picks the best of the candidates, it does not make any of them "
+        "better.",
+        "",
+    ])
