@@ -26,6 +26,34 @@ def _emit(report, json_out: Path | None) -> None:
 bench_app = typer.Typer(help="Benchmarks that print tables and write JSON.", no_args_is_help=True)
 
 
+class BenchSize(str, Enum):
+    ci = "ci"
+    full = "full"
+
+
+@bench_app.command("search")
+@translate_errors
+def bench_search(
+    size: BenchSize = typer.Option(BenchSize.ci, "--size", help="ci: 100k vectors, seconds on two cores; "
+                                                                 "full: 1M vectors, for real measurement."),
+    n: int | None = typer.Option(None, "--n", min=1000, help="Override the number of vectors."),
+    dim: int = typer.Option(512, "--dim", min=8),
+    spec: list[str] = typer.Option([], "--spec", help="Also measure this FAISS factory string (repeatable), "
+                                                      "e.g. IDMap2,HNSW32."),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Vector search side by side: numpy brute force, exact FAISS and the index xmodal would choose."""
+    from retrieval.bench.search_bench import run_search_benchmark
+
+    def say(text: str) -> None:
+        output.stderr.print(text, highlight=False)
+
+    report = run_search_benchmark(size.value, dim, seed, repeats, tuple(spec), n, say)
+    _emit(report, json_out)
+
+
 @bench_app.command("index")
 @translate_errors
 def bench_index(

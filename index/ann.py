@@ -1,0 +1,118 @@
+"""Which FAISS index a collection gets, and how hard its search must look to stay accurate.
+
+Exact search (`Flat`) reads every vector per query: fine up to a few hundred thousand vectors,
+too slow beyond (about 2 GB per query at a million 512-d vectors). Past that an inverted file
+(`IVF`) scans only the lists nearest to the query; when memory is short, product quantisation
+(`OPQ..,IVF..,PQ..`) stores each vector in a few dozen bytes. How many lists to scan (`nprobe`)
+or how wide to search a graph (`efSearch`) is tuned at build time, against exact search on
+held-out queries, to the smallest value that reaches the recall target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+EXACT_UP_TO = 200_000  # vectors; beyond this the default becomes an inverted file
+RECALL_TARGET = 0.95  # recall@10 against exact search, on held-out queries
+ID_BYTES = 8  # int64 ids: FAISS's IVF lists and IndexIDMap2 each keep one per vector
+
+
+def nlist_for(n: int) -> int:
+    """Inverted lists for n vectors: about 4·√n (FAISS's guidance), a power of two in [64, 65536]."""
+    target = 4 * math.sqrt(max(n, 1))
+    return int(min(65_536, max(64, 2 ** round(math.log2(target)))))
+
+
+def training_sample(spec: str) -> int:
+    """Vectors to train a spec's quantisers on: 40 per inverted list (FAISS warns below 39), and
+    at least 10,000 for PQ codebooks; 0 for specs that need no training."""
+    lists = [int(p[3:]) for p in spec.split(",") if p.startswith("IVF")]
+    if lists:
+        return max(40 * lists[0], 10_000)
+    return 10_000 if "PQ" in spec else 0
+
+
+def choose_spec(n: int, dim: int, memory_bytes: int | None = None) -> str:
+    """The factory string for n vectors of `dim`: exact while small, IVF-Flat beyond, and OPQ+IVF-PQ
+    when the full-precision vectors would not fit in `memory_bytes`."""
+    if n <= EXACT_UP_TO:
+        return "IDMap2,Flat"
+    nlist = nlist_for(n)
+    if memory_bytes is not None and n * (4 * dim + 2 * ID_BYTES) > memory_bytes:
+        m = max(8, min(64, dim // 8))  # bytes per vector; dim must divide by m
+        while dim % m:
+            m -= 1
+        return f"IDMap2,OPQ{m},IVF{nlist},PQ{m}"
+    return f"IDMap2,IVF{nlist},Flat"
+
+
+def theoretical_bytes(spec: str, dim: int) -> int:
+    """What one vector should cost in an index of this spec: its code plus its ids."""
+    parts = spec.split(",")
+    ids = ID_BYTES if parts[0] == "IDMap2" else 0
+    body = [p for p in parts if p != "IDMap2" and not p.startswith("OPQ")]
+    kind = body[-1]
+    if kind == "Flat":
+        code = 4 * dim
+    elif kind.startswith("PQ"):
+        code = int(kind[2:].split("x")[0])  # PQm: m bytes (8-bit codes)
+    elif kind.startswith("HNSW"):
+        m = int(kind[4:] or 32)
+        return ids + 4 * dim + 2 * m * 4  # vectors + level-0 links (2M int32); upper levels are few
+    else:
+        raise ValueError(f"no size model for {spec!r}")
+    if any(p.startswith("IVF") for p in body):
+        ids += ID_BYTES  # an inverted list stores each vector's id beside its code
+    return ids + code
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Share of the true top-k ids (rows of `truth`) found among the top-k of `found`."""
+    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / (len(truth) * k)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    parameter: str | None  # "nprobe", "efSearch", or None for an exact index
+    value: int | None
+    recall: float  # recall@k at that value, on the tuning queries
+
+
+def search_parameter(spec: str) -> tuple[str, list[int]] | None:
+    """The knob of an approximate spec and the values to try, cheapest first."""
+    if "IVF" in spec:
+        nlist = int(next(p for p in spec.split(",") if p.startswith("IVF"))[3:])
+        return "nprobe", [v for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+                          if v <= nlist] or [nlist]
+    if "HNSW" in spec:
+        return "efSearch", [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+    return None
+
+
+def set_parameter(index, parameter: str, value: int) -> None:
+    import faiss
+
+    faiss.ParameterSpace().set_index_parameter(index, parameter, value)
+
+
+def tune(index, spec: str, queries: np.ndarray, truth: np.ndarray, k: int = 10,
+         target: float = RECALL_TARGET) -> Tuning:
+    """Set the smallest search effort whose recall@k against `truth` reaches `target` (the largest
+    tried if none does) and say what it reached. `index` is a raw FAISS index built from `spec`."""
+    knob = search_parameter(spec)
+    if knob is None:
+        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+        return Tuning(None, None, recall_at_k(found, truth, k))
+    name, values = knob
+    recall = 0.0
+    for value in values:
+        set_parameter(index, name, value)
+        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+        recall = recall_at_k(found, truth, k)
+        if recall >= target:
+            return Tuning(name, value, recall)
+    return Tuning(name, values[-1], recall)
