@@ -54,6 +54,25 @@ def bench_search(
     _emit(report, json_out)
 
 
+@bench_app.command("encode")
+@translate_errors
+def bench_encode(
+    model: str = typer.Option("small", "--model", "-m", help="A model spec, or a preset or open_clip architecture "
+                                                              "name (micro, small, ViT-B-32) for untrained weights "
+                                                              "of that shape."),
+    size: BenchSize = typer.Option(BenchSize.ci, "--size", help="ci: batches 1, 8, 32; full: up to 512."),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+    peak_tflops: float | None = typer.Option(None, "--peak-tflops", min=0.001,
+                                             help="The device's dense bf16 peak, for MFU (known for H100/H200/A100)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Image and text tower throughput against batch size, achieved TFLOP/s and, on a GPU, MFU."""
+    from retrieval.bench.encode_bench import run_encode_benchmark
+
+    _emit(run_encode_benchmark(model, size.value, repeats, device, peak_tflops), json_out)
+
+
 @bench_app.command("index")
 @translate_errors
 def bench_index(
