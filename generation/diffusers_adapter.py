@@ -165,5 +165,5 @@ def _fingerprint(pipeline, spec: DiffusersSpec) -> str:
         digest.update(f"{name}:{type(component).__name__}".encode())
         if hasattr(component, "state_dict"):
             for key, tensor in component.state_dict().items():
-                digest.update(f"{key}{tuple(tensor.shape)}{float(tensor.float().flatten()[:8].sum())}".encode())
+                digest.update(f"{key}{tuple(tensor.shape)}{float(tensor.flatten()[:8].float().sum())}".encode())
     return digest.hexdigest()[:32]
