@@ -54,6 +54,22 @@ def bench_search(
     _emit(report, json_out)
 
 
+@bench_app.command("audio")
+@translate_errors
+def bench_audio(
+    model: str = typer.Option("small", "--model", "-m", help="A model spec, or a preset name (micro, small) for "
+                                                              "untrained weights of that shape."),
+    clips: int = typer.Option(64, "--clips", min=1),
+    seconds: float = typer.Option(5.0, "--seconds", min=0.5, max=600.0, help="Length of each clip."),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Audio feature extraction as × real time per core, and audio tower clips/s against batch size."""
+    from retrieval.bench.audio_bench import run_audio_benchmark
+
+    _emit(run_audio_benchmark(model, clips, seconds, repeats), json_out)
+
+
 @bench_app.command("encode")
 @translate_errors
 def bench_encode(
