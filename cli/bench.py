@@ -24,6 +24,12 @@ def _emit(report, json_out: Path | None) -> None:
 
 
 bench_app = typer.Typer(help="Benchmarks that print tables and write JSON.", no_args_is_help=True)
+JsonOutOption = typer.Option(None, "--json", help="Also write the figures here.")
+# Speed depends on a model's shape, not its weights: a preset or architecture name measures untrained
+# weights of that shape, which is how ViT-B-32 is measured offline.
+PresetModelOption = typer.Option("small", "--model", "-m", help="A model spec, or a preset or open_clip architecture "
+                                                                "name (micro, small, ViT-B-32) for untrained weights "
+                                                                "of that shape.")
 
 
 class BenchSize(str, Enum):
@@ -42,7 +48,7 @@ def bench_search(
                                                       "e.g. IDMap2,HNSW32."),
     repeats: int = typer.Option(5, "--repeats", min=1),
     seed: int = typer.Option(0, "--seed"),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = JsonOutOption,
 ) -> None:
     """Vector search side by side: numpy brute force, exact FAISS and the index xmodal would choose."""
     from retrieval.bench.search_bench import run_search_benchmark
@@ -57,12 +63,11 @@ def bench_search(
 @bench_app.command("audio")
 @translate_errors
 def bench_audio(
-    model: str = typer.Option("small", "--model", "-m", help="A model spec, or a preset name (micro, small) for "
-                                                              "untrained weights of that shape."),
+    model: str = PresetModelOption,
     clips: int = typer.Option(64, "--clips", min=1),
     seconds: float = typer.Option(5.0, "--seconds", min=0.5, max=600.0, help="Length of each clip."),
     repeats: int = typer.Option(5, "--repeats", min=1),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = JsonOutOption,
 ) -> None:
     """Audio feature extraction as × real time per core, and audio tower clips/s against batch size."""
     from retrieval.bench.audio_bench import run_audio_benchmark
@@ -73,15 +78,13 @@ def bench_audio(
 @bench_app.command("encode")
 @translate_errors
 def bench_encode(
-    model: str = typer.Option("small", "--model", "-m", help="A model spec, or a preset or open_clip architecture "
-                                                              "name (micro, small, ViT-B-32) for untrained weights "
-                                                              "of that shape."),
+    model: str = PresetModelOption,
     size: BenchSize = typer.Option(BenchSize.ci, "--size", help="ci: batches 1, 8, 32; full: up to 512."),
     repeats: int = typer.Option(5, "--repeats", min=1),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
     peak_tflops: float | None = typer.Option(None, "--peak-tflops", min=0.001,
                                              help="The device's dense bf16 peak, for MFU (known for H100/H200/A100)."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = JsonOutOption,
 ) -> None:
     """Image and text tower throughput against batch size, achieved TFLOP/s and, on a GPU, MFU."""
     from retrieval.bench.encode_bench import run_encode_benchmark
@@ -92,13 +95,12 @@ def bench_encode(
 @bench_app.command("index")
 @translate_errors
 def bench_index(
-    model: str = typer.Option("small", "--model", "-m", help="A model spec, or a preset name (micro, small) to "
-                                                              "create an untrained model of that size."),
+    model: str = PresetModelOption,
     images: int = typer.Option(200, "--images", min=1),
     sounds: int = typer.Option(50, "--sounds", min=0),
     workers: int | None = typer.Option(None, "--workers", min=1),
     repeats: int = typer.Option(3, "--repeats", min=1),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = JsonOutOption,
 ) -> None:
     """End-to-end indexing rate beside the decode-only and encode-only rates it is bounded by."""
     from retrieval.bench.index_bench import run_index_benchmark
@@ -168,7 +170,7 @@ def bench_api(
     concurrency: list[int] = typer.Option([1, 8], "--concurrency", "-c", min=1, max=256,
                                           help="Concurrent clients (repeatable)."),
     k: int = typer.Option(10, "-k", min=1, max=1000),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = JsonOutOption,
 ) -> None:
     """`/search/text` p50/p99 over real HTTP at each concurrency, beside in-process search and `/health`."""
     from retrieval.bench.api_bench import run_api_benchmark
@@ -186,7 +188,7 @@ def bench_generate(
                                                                            "by cosine to the query is kept."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N absent concepts (a quick run)."),
     seed: int = typer.Option(0, "--seed"),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = JsonOutOption,
 ) -> None:
     """Generate for concepts the demo collection lacks, from words and from sounds; judge each picture zero-shot."""
     from retrieval.bench.generation_bench import run_generation_benchmark
@@ -204,7 +206,7 @@ def bench_decision(
     split: str = typer.Option("test", "--split"),
     removed: float = typer.Option(0.25, "--removed", min=0.05, max=0.9),
     seed: int = typer.Option(1, "--seed", help="Which concepts are removed and which items are queries."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = JsonOutOption,
 ) -> None:
     """The match decision on fresh present/absent queries: calibrated AUROC and F1 at the default threshold,
     beside the raw cosine's AUROC and its best single cut."""

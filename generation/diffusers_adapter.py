@@ -30,7 +30,6 @@ import numpy as np
 from generation.errors import GeneratorLoadError
 
 PREFIX = "diffusers:"
-_TEXT_KINDS = frozenset({"text"})
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class DiffusersDrawer:
         self.dim = int(normaliser.mean.shape[-1]) if self.takes_vectors and normaliser is not None else None
 
     def can_draw(self, kind: str) -> bool:
-        return self.takes_vectors or kind in _TEXT_KINDS
+        return self.takes_vectors or kind == "text"
 
     def draw(self, vector: np.ndarray, text: str | None, count: int, seed: int) -> np.ndarray:
         """(count, H, W, 3) uint8; raises GeneratorLoadError for a query it cannot draw."""

@@ -107,6 +107,7 @@ def _flow_drawer(engine: SearchEngine, folder: Path, name: str):
 
 def _chosen_drawer(engine: SearchEngine, choice: str):
     from generation.diffusers_adapter import is_diffusers_spec, load_diffusers_drawer, parse_spec
+    from generation.errors import GeneratorLoadError
     from retrieval.encoders.pretrained import hub_reachable
 
     if not is_diffusers_spec(choice):
@@ -117,8 +118,6 @@ def _chosen_drawer(engine: SearchEngine, choice: str):
     local_only = not spec.is_local and not hub_reachable()
     drawer = load_diffusers_drawer(choice, str(engine.encoder.device), local_only)
     if drawer.dim is not None and drawer.dim != engine.encoder.dim:
-        from generation.errors import GeneratorLoadError
-
         raise GeneratorLoadError(f"the pipeline takes {drawer.dim}-dimensional image embeddings, but "
                                  f"{engine.encoder.identity.spec} makes {engine.encoder.dim}-dimensional vectors: "
                                  f"index with the CLIP model the pipeline was built on")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.bench.machine import cpu_name
+from retrieval.bench.machine import cpu_name, versions
 
 BATCHES = (1, 16, 64)
 
@@ -65,13 +64,13 @@ def run_audio_benchmark(model: str = "small", clips: int = 64, clip_seconds: flo
     import librosa
     import torch
 
-    from retrieval.bench.index_bench import _resolve_model
+    from retrieval.bench.index_bench import resolve_model
     from retrieval.data import world
     from retrieval.encoders import create_encoder
     from retrieval.encoders.frontend import compute_log_mel, mel_filterbank
 
     with tempfile.TemporaryDirectory() as work:
-        encoder = create_encoder(_resolve_model(model, Path(work)), device="cpu")
+        encoder = create_encoder(resolve_model(model, Path(work)), device="cpu")
     front_end = encoder.config.audio.front_end
     rng = np.random.default_rng(0)
     concepts = world.all_concepts()
@@ -81,9 +80,7 @@ def run_audio_benchmark(model: str = "small", clips: int = 64, clip_seconds: flo
         sound = world.render_sound(concepts[number % len(concepts)], rng, front_end.sample_rate)
         waves.append(np.resize(sound, samples).astype(np.float32))  # tiled to the clip length
     report = AudioBenchReport(model, clips, clip_seconds, front_end.sample_rate, cpu_name(), os.cpu_count() or 1,
-                              torch.get_num_threads(), {"python": platform.python_version(),
-                                                        "librosa": librosa.__version__, "torch": torch.__version__},
-                              repeats)
+                              torch.get_num_threads(), versions(librosa, torch), repeats)
     from threadpoolctl import threadpool_limits  # installed with librosa (through scikit-learn)
 
     filterbank = mel_filterbank(front_end)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.bench.machine import cpu_name
+from retrieval.bench.machine import cpu_name, versions
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, SXM
 BATCHES = {"ci": (1, 8, 32), "full": (1, 8, 32, 128, 256, 512)}
@@ -103,19 +102,18 @@ def run_encode_benchmark(model: str = "small", size: str = "ci", repeats: int = 
     import open_clip
     import torch
 
-    from retrieval.bench.index_bench import _resolve_model
+    from retrieval.bench.index_bench import resolve_model
     from retrieval.encoders import create_encoder
 
     with tempfile.TemporaryDirectory() as work:
-        encoder = create_encoder(_resolve_model(model, Path(work)), device=device)
+        encoder = create_encoder(resolve_model(model, Path(work)), device=device)
     clip, dev = encoder.clip_model, encoder.device
     cuda = dev.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     side = encoder.inputs.image_size
     report = EncodeBenchReport(model, str(dev), "bfloat16 autocast" if cuda else "float32", cpu_name(),
-                               os.cpu_count() or 1, torch.get_num_threads(),
-                               {"python": platform.python_version(), "torch": torch.__version__,
-                                "open_clip": open_clip.__version__}, repeats, _peak(dev, peak_tflops))
+                               os.cpu_count() or 1, torch.get_num_threads(), versions(torch, open_clip), repeats,
+                               _peak(dev, peak_tflops))
     rng = np.random.default_rng(0)
     words = ["a", "big", "red", "circle", "on", "grey", "small", "photo", "of", "dog"]
 

@@ -85,7 +85,7 @@ class IndexBenchReport:
         return json.dumps(data, indent=2) + "\n"
 
 
-def _resolve_model(model: str, workdir: Path) -> str:
+def resolve_model(model: str, workdir: Path) -> str:
     """A model spec, or a preset/architecture name turned into an untrained model directory."""
     from retrieval.encoders.presets import PRESETS
 
@@ -138,7 +138,7 @@ def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 5
     workers = workers or default_workers()
     with tempfile.TemporaryDirectory(prefix="xmodal-bench-") as temp:
         workdir = Path(temp)
-        spec = _resolve_model(model, workdir)
+        spec = resolve_model(model, workdir)
         manifest = generate_sample_folder(workdir / "media", images, sounds, hostile=hostile, seed=0)
         files = [f.path for f in walk_roots([str(workdir / "media")]).files]
         encoder = create_encoder(spec, device="cpu")

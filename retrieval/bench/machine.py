@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from types import ModuleType
 
 
 def cpu_name() -> str:
@@ -15,3 +16,8 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"{platform.machine()} {platform.processor() or ''}".strip()
+
+
+def versions(*modules: ModuleType) -> dict[str, str]:
+    """Python's version and each module's `__version__`, by module name."""
+    return {"python": platform.python_version(), **{m.__name__: m.__version__ for m in modules}}

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retrieval.bench.machine import cpu_name
+from retrieval.bench.machine import cpu_name, versions
 
 SIZES = {  # vectors, timed single queries for the scan-everything methods, and for the rest
     "ci": {"n": 100_000, "scan_queries": 50, "queries": 200},
@@ -131,12 +130,6 @@ class SearchBenchReport:
         return json.dumps(body, indent=2) + "\n"
 
 
-def _versions() -> dict[str, str]:
-    import faiss
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__}
-
-
 def _percentiles(seconds: list[float]) -> tuple[float, float]:
     millis = np.asarray(seconds) * 1000
     return float(np.percentile(millis, 50)), float(np.percentile(millis, 99))
@@ -186,7 +179,7 @@ def run_search_benchmark(size: str = "ci", dim: int = 512, seed: int = 0, repeat
     base, queries, tuning = everything[:n], everything[n : n + queries_n], everything[n + queries_n :]
     ids = np.arange(n, dtype=np.int64)
     report = SearchBenchReport(size, n, dim, K, repeats, cpu_name(), os.cpu_count() or 1, faiss.omp_get_max_threads(),
-                               _versions())
+                               versions(np, faiss))
 
     say("exact answers (numpy) for the queries and the tuning queries")
     truth = numpy_search(base, queries)

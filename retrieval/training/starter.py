@@ -113,8 +113,6 @@ def train_starter(out: Path, work: Path, recipe: StarterRecipe = StarterRecipe()
     size = sum(p.stat().st_size for p in out.iterdir())
     histories = {name: json.loads((work / name / HISTORY).read_text()) for name in ("clip", "audio")}
     (out / "eval.json").write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
-    (out / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "seconds": seconds,
-                                                   "stages": histories}, indent=2) + "\n")
     from retrieval.training.model_card import starter_card
 
     (out / "README.md").write_text(starter_card(recipe, reports, seconds, size, histories))
