@@ -215,7 +215,9 @@ class SearchEngine:
                min_confidence: float | None = None, generate: str = "never") -> SearchResult:
         """Ranked hits for a query vector, the match decision for its kind of query, and a generated
         picture when `generate` is "always", or "auto" and nothing matched ("never": no picture)."""
-        by_target = self._search_targets(vector, k, modality)
+        # The decision reads the two best scores of each target, whatever k the caller asked for:
+        # with k=1 it would otherwise see no runner-up and give another confidence.
+        by_target = self._search_targets(vector, max(k, 2), modality)
         decision = None
         if self.judge is not None:
             scores = {target: [hit.score for hit in hits[:2]] for target, hits in by_target.items()}

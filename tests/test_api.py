@@ -455,6 +455,10 @@ def test_the_decision_says_whether_anything_matches(client):
     assert present["decision"]["match"] is True and present["decision"]["confidence"] > 0.5
     assert absent["decision"]["match"] is False and absent["decision"]["confidence"] < 0.5
     assert absent["results"], "the nearest items are still listed"
+    for query in ("a big red circle on grey", "a big purple hexagon on white", "a small purple star on black"):
+        many, one = (client.post("/search/text", json={"query": query, "modality": "image", "k": k}).json()
+                     for k in (5, 1))
+        assert one["decision"] == many["decision"] and len(one["results"]) == 1, query  # k does not sway it
     lenient = client.post("/search/text", json={"query": "a big purple hexagon on white", "min_confidence": 0.0})
     assert lenient.json()["decision"]["match"] is True and lenient.json()["decision"]["threshold"] == 0.0
     sound = _sound_of("small cyan circle on black", seed=12)
