@@ -35,6 +35,26 @@ def display_path(path: str, roots: Roots | None) -> str:
     return os.path.basename(path)
 
 
+def server_folders(shown: list[str], roots: Roots | None) -> list[str]:
+    """The server paths of folders given as results show them ("media/images"), for filtering.
+
+    Raises:
+        ApiError(400): a folder that is absolute, climbs out with "..", or is in no indexed folder.
+    """
+    found = []
+    for folder in shown:
+        parts = PurePosixPath(folder.replace("\\", "/")).parts
+        if not parts or folder.startswith("/") or ".." in parts:
+            raise ApiError(400, f"under: {folder[:100]!r} must be a folder as results show it, e.g. media/photos")
+        matched = [os.path.join(absolute.rstrip("/"), *parts[1:]) for absolute, _real in roots or ()
+                   if parts[0] == os.path.basename(absolute.rstrip("/"))]
+        if not matched:
+            known = ", ".join(sorted({os.path.basename(a.rstrip("/")) for a, _ in roots or ()})) or "none"
+            raise ApiError(400, f"under: {folder[:100]!r} is in no indexed folder (they are: {known})")
+        found += matched
+    return found
+
+
 def urls(item_id: int) -> dict[str, str]:
     return {"media_url": f"/items/{item_id}/media", "thumbnail_url": f"/items/{item_id}/thumbnail"}
 

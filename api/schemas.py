@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +13,22 @@ Generate = Literal["auto", "never", "always"]
 MAX_ITEM_ID = 2**63 - 1  # SQLite's INTEGER range; larger ids cannot exist
 
 
-class TextQuery(BaseModel):
+FileType = Literal["jpeg", "png", "gif", "webp", "bmp", "wav", "flac", "ogg", "mp3"]
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+([+-]\d{2}:?\d{2}|Z)?)?$"
+
+
+class Filters(BaseModel):
+    """Which files a search may return; applied inside the search, so k results come back whenever k
+    files pass."""
+
+    under: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        [], max_length=32, description="Only files in these folders, as results show paths (media/photos).")
+    types: list[FileType] = Field([], max_length=9, description="Only these file types.")
+    since: str | None = Field(None, pattern=DATE_PATTERN, description="Modified on or after (YYYY-MM-DD or ISO).")
+    until: str | None = Field(None, pattern=DATE_PATTERN, description="Modified up to this date, inclusive.")
+
+
+class TextQuery(Filters):
     # Strict: JSON gives real types, so `false` is not a confidence and "10" is not a k.
     model_config = ConfigDict(extra="forbid", strict=True)
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Words describing what to find.")
@@ -24,7 +39,7 @@ class TextQuery(BaseModel):
     generate: Generate = Field("auto", description="Draw a picture when nothing matches (auto), never, or always.")
 
 
-class ItemQuery(BaseModel):
+class ItemQuery(Filters):
     model_config = ConfigDict(extra="forbid", strict=True)
     id: int = Field(ge=1, le=MAX_ITEM_ID, description="An indexed item: find more like it.")
     k: int = Field(10, ge=1, le=MAX_K)

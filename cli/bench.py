@@ -48,15 +48,23 @@ def bench_search(
                                                       "e.g. IDMap2,HNSW32."),
     repeats: int = typer.Option(5, "--repeats", min=1),
     seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cuda: exact search on the GPU over 10M vectors (full) "
+                                                       "against its memory bandwidth, beside numpy and FAISS."),
     json_out: Path | None = JsonOutOption,
 ) -> None:
     """Vector search side by side: numpy brute force, exact FAISS and the index xmodal would choose."""
-    from retrieval.bench.search_bench import run_search_benchmark
-
     def say(text: str) -> None:
         output.stderr.print(text, highlight=False)
 
-    report = run_search_benchmark(size.value, dim, seed, repeats, tuple(spec), n, say)
+    if device.startswith("cuda"):
+        from retrieval.bench.gpu_search_bench import run_gpu_search_benchmark
+
+        gpu_n = n or (10_000_000 if size == BenchSize.full else 1_000_000)
+        report = run_gpu_search_benchmark(gpu_n, dim, repeats, seed=seed, progress=say)
+    else:
+        from retrieval.bench.search_bench import run_search_benchmark
+
+        report = run_search_benchmark(size.value, dim, seed, repeats, tuple(spec), n, say)
     _emit(report, json_out)
 
 
@@ -84,12 +92,17 @@ def bench_encode(
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
     peak_tflops: float | None = typer.Option(None, "--peak-tflops", min=0.001,
                                              help="The device's dense bf16 peak, for MFU (known for H100/H200/A100)."),
+    precision: str = typer.Option("autocast", "--precision", help="On CUDA: autocast (bf16 autocast, what "
+                                                                 "indexing uses) or bf16 (bf16 weights)."),
+    compile_towers: bool = typer.Option(False, "--compile", help="Run the towers through torch.compile."),
     json_out: Path | None = JsonOutOption,
 ) -> None:
     """Image and text tower throughput against batch size, achieved TFLOP/s and, on a GPU, MFU."""
     from retrieval.bench.encode_bench import run_encode_benchmark
 
-    _emit(run_encode_benchmark(model, size.value, repeats, device, peak_tflops), json_out)
+    if precision not in ("autocast", "bf16"):
+        raise typer.BadParameter("--precision must be autocast or bf16")
+    _emit(run_encode_benchmark(model, size.value, repeats, device, peak_tflops, precision, compile_towers), json_out)
 
 
 @bench_app.command("index")
@@ -100,12 +113,13 @@ def bench_index(
     sounds: int = typer.Option(50, "--sounds", min=0),
     workers: int | None = typer.Option(None, "--workers", min=1),
     repeats: int = typer.Option(3, "--repeats", min=1),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the encoder runs."),
     json_out: Path | None = JsonOutOption,
 ) -> None:
     """End-to-end indexing rate beside the decode-only and encode-only rates it is bounded by."""
     from retrieval.bench.index_bench import run_index_benchmark
 
-    report = run_index_benchmark(model, images, sounds, workers, repeats)
+    report = run_index_benchmark(model, images, sounds, workers, repeats, device=device)
     _emit(report, json_out)
 
 

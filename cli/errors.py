@@ -24,6 +24,7 @@ def _classify(error: BaseException) -> int | None:
         DatabaseCorruptError,
         DatabaseLockedError,
         EncoderMismatchError,
+        IndexSpecError,
         StorageFullError,
         StoreError,
     )
@@ -43,7 +44,8 @@ def _classify(error: BaseException) -> int | None:
         ((DatabaseLockedError,), EXIT_LOCKED),
         ((ModelNotFoundError, ModelLoadError), EXIT_MODEL),
         ((StorageFullError, DatabaseCorruptError), EXIT_STORAGE),
-        ((QueryError, ItemNotFoundError, MediaError, TrainingDataError, TrainingStateError), EXIT_USAGE),
+        ((QueryError, ItemNotFoundError, MediaError, TrainingDataError, TrainingStateError, IndexSpecError),
+         EXIT_USAGE),
         ((TrainingInterrupted,), EXIT_INTERRUPTED),
         ((EncoderMismatchError, StoreError, WorkerStartError), EXIT_FATAL),
     ):

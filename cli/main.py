@@ -61,6 +61,14 @@ def index(
     model: str | None = ModelOption,
     workers: int | None = typer.Option(None, "--workers", min=1, max=64, envvar="XMODAL_WORKERS",
                                           help="Decode processes (default: cores - 1)."),
+    ray: str | None = typer.Option(None, "--ray", envvar="XMODAL_RAY", metavar="ADDRESS",
+                                   help="Decode and encode on a Ray cluster: auto, ray://HOST:PORT, or local "
+                                        "(start one here). Files must be readable at the same paths on every "
+                                        "node. Extra [distributed]."),
+    index_spec: str | None = typer.Option(None, "--index-spec", envvar="XMODAL_INDEX_SPEC", metavar="SPEC",
+                                          help="FAISS factory string for this collection's indexes, e.g. "
+                                               "IVF4096,Flat or HNSW32 (kept for later runs; auto: chosen by "
+                                               "size, the default)."),
     as_json: bool = JsonOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -68,7 +76,7 @@ def index(
     their vectors, deleted ones are removed. Bad files are skipped and recorded (`xmodal errors`)."""
     from retrieval.compose import run_index
 
-    settings = _settings(db, model, workers=workers)
+    settings = _settings(db, model, workers=workers, ray_address=ray, index_spec=index_spec)
     with output.progress_bar("indexing", enabled=not quiet) as progress:
         summary = run_index(settings, paths, progress)
     if as_json:
@@ -96,10 +104,17 @@ def search(
     keep_generated: bool = typer.Option(False, "--keep-generated", help="Add the drawn picture to the collection "
                                                                         "(its results are marked generated)."),
     generator: str | None = GeneratorOption,
+    under: list[Path] = typer.Option([], "--under", help="Only files in this folder (repeatable)."),
+    file_type: list[str] = typer.Option([], "--type", help="Only this file type: jpeg, png, wav, ... (repeatable)."),
+    since: str | None = typer.Option(None, "--since", help="Only files modified on or after this date "
+                                                          "(YYYY-MM-DD or an ISO date-time)."),
+    until: str | None = typer.Option(None, "--until", help="Only files modified up to this date, inclusive."),
     as_json: bool = JsonOption,
 ) -> None:
     """Search the collection with TEXT, --image FILE or --audio FILE; say whether anything matches, and when
-    nothing does, draw a picture of what was asked (labelled generated; kept under DB/generated)."""
+    nothing does, draw a picture of what was asked (labelled generated; kept under DB/generated).
+    Filters (--under, --type, --since, --until, --modality) apply inside the search: k results come back
+    whenever k files pass them."""
     given = [name for name, value in (("TEXT", text), ("--image", image), ("--audio", audio)) if value is not None]
     if len(given) != 1:
         raise fail("give exactly one query: TEXT, --image FILE or --audio FILE", EXIT_USAGE)
@@ -109,17 +124,19 @@ def search(
         raise fail("--keep-generated keeps a drawn picture, and --no-generate draws none", EXIT_USAGE)
     generate = "never" if no_generate else "always" if always_generate else "auto"
     from retrieval.compose import build_engine
+    from retrieval.filters import build_filter
 
+    where = build_filter([os.path.abspath(os.path.expanduser(folder)) for folder in under], file_type, since, until)
     settings = _settings(db, model, generator=generator)
     engine = build_engine(settings)
     kept = False
     try:
         if text is not None:
-            result = engine.search_text(text, k, modality.value, min_confidence, generate)
+            result = engine.search_text(text, k, modality.value, min_confidence, generate, where)
         elif image is not None:
-            result = engine.search_file(image, "image", k, modality.value, min_confidence, generate)
+            result = engine.search_file(image, "image", k, modality.value, min_confidence, generate, where)
         else:
-            result = engine.search_file(audio, "audio", k, modality.value, min_confidence, generate)
+            result = engine.search_file(audio, "audio", k, modality.value, min_confidence, generate, where)
         if keep_generated and result.generated_path:
             from retrieval.compose import keep_generated as keep
 

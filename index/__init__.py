@@ -9,6 +9,7 @@ from index.errors import (
     DatabaseLockedError,
     EncoderMismatchError,
     IndexCorruptError,
+    MilvusError,
     StorageFullError,
     StoreError,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "DatabaseLockedError",
     "EncoderMismatchError",
     "IndexCorruptError",
+    "MilvusError",
     "StorageFullError",
     "StoreError",
 ]

@@ -49,6 +49,52 @@ def choose_spec(n: int, dim: int, memory_bytes: int | None = None) -> str:
     return f"IDMap2,IVF{nlist},Flat"
 
 
+GPU_EXACT_UP_TO = 20_000_000  # a GPU reads 10M x 512 fp32 vectors in ~10 ms: exact stays the default
+
+
+def next_spec(n: int, dim: int, current: str | None, gpu: bool = False, memory_bytes: int | None = None) -> str:
+    """The spec an index should move to at n vectors, given the one it has (None: a new index).
+
+    Hysteresis keeps a collection that hovers near a boundary from being rebuilt back and forth:
+    an inverted file returns to exact only below half the limit, and its list count changes only
+    when the ideal one has doubled or fallen to a quarter (the collection grew 4x or shrank 16x).
+    """
+    if gpu and current in (None, "IDMap2,Flat") and n <= GPU_EXACT_UP_TO:
+        return "IDMap2,Flat"
+    wanted = choose_spec(n, dim, memory_bytes)
+    if current is None or current == wanted:
+        return wanted
+    current_lists = _lists(current)
+    if current_lists is None or _lists(wanted) is None:  # exact <-> inverted file
+        if current_lists is not None and n >= EXACT_UP_TO // 2:
+            return current
+        return wanted
+    if wanted.replace(f"IVF{_lists(wanted)}", "") != current.replace(f"IVF{current_lists}", ""):
+        return wanted  # another kind of code (Flat <-> PQ): memory demands it
+    ratio = _lists(wanted) / current_lists
+    return wanted if ratio >= 2 or ratio <= 0.25 else current
+
+
+def _lists(spec: str) -> int | None:
+    found = [int(p[3:]) for p in spec.split(",") if p.startswith("IVF")]
+    return found[0] if found else None
+
+
+def exact_neighbours(chunks, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids (m, k) by inner product over (ids, vectors) chunks, best first, keeping only
+    a running top-k: the collection never has to be in memory at once."""
+    m = len(queries)
+    best_scores = np.full((m, k), -np.inf, dtype=np.float32)
+    best_ids = np.full((m, k), -1, dtype=np.int64)
+    for ids, vectors in chunks:
+        scores = np.concatenate([best_scores, queries @ vectors.T], axis=1)  # (m, k + chunk)
+        candidates = np.concatenate([best_ids, np.broadcast_to(ids, (m, len(ids)))], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, top, axis=1)
+        best_ids = np.take_along_axis(candidates, top, axis=1)
+    return best_ids
+
+
 def theoretical_bytes(spec: str, dim: int) -> int:
     """What one vector should cost in an index of this spec: its code plus its ids."""
     parts = spec.split(",")
@@ -100,19 +146,33 @@ def set_parameter(index, parameter: str, value: int) -> None:
 
 
 def tune(index, spec: str, queries: np.ndarray, truth: np.ndarray, k: int = 10,
-         target: float = RECALL_TARGET) -> Tuning:
+         target: float = RECALL_TARGET, exclude_self: bool = False) -> Tuning:
     """Set the smallest search effort whose recall@k against `truth` reaches `target` (the largest
-    tried if none does) and say what it reached. `index` is a raw FAISS index built from `spec`."""
+    tried if none does) and say what it reached. `index` is a raw FAISS index built from `spec`.
+
+    Args:
+        exclude_self: the queries are vectors of the index and `truth` has k+1 columns, the first
+            being each query's own id; that id is left out of both sides.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if exclude_self:
+        own = truth[:, :1]
+        truth = truth[:, 1 : k + 1]
+
+    def search() -> np.ndarray:
+        if not exclude_self:
+            return index.search(queries, k)[1]
+        found = index.search(queries, k + 1)[1]
+        return np.array([[i for i in row if i != self_id][:k] for row, self_id in zip(found, own[:, 0], strict=True)])
+
     knob = search_parameter(spec)
     if knob is None:
-        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
-        return Tuning(None, None, recall_at_k(found, truth, k))
+        return Tuning(None, None, recall_at_k(search(), truth, k))
     name, values = knob
     recall = 0.0
     for value in values:
         set_parameter(index, name, value)
-        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
-        recall = recall_at_k(found, truth, k)
+        recall = recall_at_k(search(), truth, k)
         if recall >= target:
             return Tuning(name, value, recall)
     return Tuning(name, values[-1], recall)

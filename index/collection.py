@@ -21,15 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from index.atomic import sha256_file
-from index.errors import EncoderMismatchError, IndexCorruptError, StoreError
+from index.errors import EncoderMismatchError, IndexCorruptError, IndexSpecError, StoreError
+from index.filters import SearchFilter
 from index.lock import WriterLock, is_locked
 from index.manifest import EncoderIdentity, IndexFile, Manifest, load_manifest, save_manifest
 from index.records import MODALITIES, VectorChanges
 from index.store import Store
-from index.vector_index import DEFAULT_SPEC, VectorIndex
+from index.vector_index import VectorIndex
 
 STORE_NAME = "xmodal.sqlite3"
 INDEX_DIR = "indexes"
+INDEX_SPEC_KEY = "index_spec"  # a user's --index-spec, kept for every later run; absent: chosen by size
+TUNING_QUERIES = 200
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,51 @@ def _stored_identity(store: Store) -> EncoderIdentity | None:
     return EncoderIdentity(spec, store.get_meta("encoder_fingerprint") or "", int(store.get_meta("dim") or 0))
 
 
+def normalise_spec(spec: str, dim: int) -> str:
+    """A user's factory string as stored: prefixed with IDMap2 (hits are keyed by store ids) and
+    checked by FAISS, so a typo fails at once rather than at the first save.
+
+    Raises:
+        IndexSpecError: FAISS cannot build it.
+    """
+    import faiss
+
+    spec = spec.strip()
+    if not spec.startswith("IDMap2,"):
+        spec = "IDMap2," + spec
+    try:
+        faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise IndexSpecError(f"--index-spec {spec!r} is not a FAISS factory string this FAISS can build: "
+                         f"{str(error).splitlines()[-1][:200]}") from None
+    return spec
+
+
+def _remember_spec(store: Store, requested: str | None, dim: int) -> str | None:
+    if requested is None:
+        return store.get_meta(INDEX_SPEC_KEY)
+    if requested == "auto":
+        if store.get_meta(INDEX_SPEC_KEY) is not None:
+            store.set_meta({INDEX_SPEC_KEY: ""})
+        return None
+    spec = normalise_spec(requested, dim)
+    if store.get_meta(INDEX_SPEC_KEY) != spec:
+        store.set_meta({INDEX_SPEC_KEY: spec})
+    return spec
+
+
+def resolve_device(device: str | None) -> str:
+    """"cuda" when asked for or (device None) when torch sees a GPU, else "cpu"."""
+    import os
+
+    from index.gpu_flat import cuda_available
+
+    device = device or os.environ.get("XMODAL_DEVICE") or "auto"
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return device
+
+
 def _check_identity(stored: EncoderIdentity, requested: EncoderIdentity, db_dir: Path) -> None:
     if stored.fingerprint != requested.fingerprint or stored.dim != requested.dim:
         raise EncoderMismatchError(
@@ -84,14 +132,25 @@ def _check_identity(stored: EncoderIdentity, requested: EncoderIdentity, db_dir:
         )
 
 
+def _min_training(spec: str) -> int:
+    """Fewest vectors a spec can be trained on: one per inverted list (FAISS refuses fewer), 256
+    for 8-bit PQ codebooks."""
+    lists = [int(p[3:]) for p in spec.split(",") if p.startswith("IVF")]
+    return max(lists[0] if lists else 0, 256 if "PQ" in spec else 0)
+
+
 class Collection:
     """Store plus in-memory indexes of one database directory."""
 
-    def __init__(self, db_dir: Path, store: Store, encoder: EncoderIdentity, index_spec: str) -> None:
+    def __init__(self, db_dir: Path, store: Store, encoder: EncoderIdentity, index_spec: str | None = None,
+                 device: str = "cpu") -> None:
         self.db_dir = db_dir
         self.store = store
         self.encoder = encoder
-        self.index_spec = index_spec
+        self.index_spec = index_spec  # None: chosen by size (index.ann), else a FAISS factory string
+        self.device = device  # "cuda...": exact indexes are mirrored on that GPU for searching
+        # modality -> (search parameter, recall@10, vectors when tuned); empty parameter: exact or untuned
+        self.tuning: dict[str, tuple[str, float | None, int]] = {}
         self.indexes: dict[str, VectorIndex] = {}
         self.generation = 0
         self.built_from_version = -1
@@ -107,7 +166,9 @@ class Collection:
         encoder: EncoderIdentity | None,
         *,
         writable: bool,
-        index_spec: str = DEFAULT_SPEC,
+        index_spec: str | None = None,
+        device: str | None = None,
+        **backend,
     ) -> Collection:
         """Open a database directory and load (or rebuild) its indexes.
 
@@ -115,6 +176,11 @@ class Collection:
             encoder: the identity of the encoder the caller will use; None for readers that take
                 whatever the database was built with. Writers record it on first use.
             writable: the caller holds the writer lock and may save generations.
+            index_spec: a FAISS factory string ("IVF4096,Flat", "HNSW32"...) that overrides the
+                choice by size, remembered in the database; "auto" returns to the choice by size;
+                None keeps what the database has.
+            device: "cpu", "cuda", or None for CUDA when torch sees one.
+            backend: keyword arguments a subclass's constructor takes (MilvusCollection: its client).
 
         Raises:
             EncoderMismatchError: the database was built with a different encoder.
@@ -134,7 +200,9 @@ class Collection:
             if stored is None:
                 store.set_meta({"encoder_spec": encoder.spec, "encoder_fingerprint": encoder.fingerprint,
                                 "dim": str(encoder.dim)})
-            collection = cls(db_dir, store, stored or encoder, index_spec)
+            identity = stored or encoder
+            spec = _remember_spec(store, index_spec, identity.dim) if writable else store.get_meta(INDEX_SPEC_KEY)
+            collection = cls(db_dir, store, identity, spec or None, resolve_device(device), **backend)
             collection.load_indexes(repair=writable)
         except BaseException:
             store.close()
@@ -198,22 +266,67 @@ class Collection:
             path = self.db_dir / INDEX_DIR / entry.file
             if sha256_file(path) != entry.sha256:
                 raise IndexCorruptError(f"{path.name} does not match its checksum")
-            index = VectorIndex.load(path, entry.spec)
+            index = VectorIndex.load(path, entry.spec, entry.search_parameter)
             if index.count != entry.count or index.dim != self.encoder.dim:
                 raise IndexCorruptError(f"{path.name} holds {index.count} vectors, manifest says {entry.count}")
+            self.tuning[modality] = (entry.search_parameter, entry.recall, entry.tuned_count)
+            self._attach_gpu(index)
             indexes[modality] = index
         return indexes
+
+    def _attach_gpu(self, index: VectorIndex) -> None:
+        if self.device.startswith("cuda"):
+            index.attach_gpu(self.device)
+
+    def spec_for(self, count: int, current: str | None = None) -> str:
+        """The spec an index of `count` vectors should have: the user's, or by size (`current` is
+        the spec it has, so a size near a boundary does not flip it back and forth)."""
+        from index.ann import next_spec
+
+        if self.index_spec:
+            return self.index_spec
+        return next_spec(count, self.encoder.dim, current, gpu=self.device != "cpu")
 
     def rebuild(self) -> None:
         """Rebuild every index in memory from the vectors in the store."""
         version = self.store.store_version
-        indexes = {}
-        for modality in MODALITIES:
-            index = VectorIndex.create(self.encoder.dim, self.index_spec)
-            for ids, vectors in self.store.iter_vectors(modality, self.encoder.dim):
-                index.add(ids, vectors)
-            indexes[modality] = index
+        counts = self.store.counts()
+        indexes = {modality: self._build(modality, self.spec_for(counts[modality]["vectors"]))
+                   for modality in MODALITIES}
         self._install(indexes, self.generation, version)
+
+    def _build(self, modality: str, spec: str) -> VectorIndex:
+        """A modality's index of `spec` from the stored vectors: trained on a sample, filled, and
+        (approximate specs) tuned to recall@10 >= 0.95 on the collection's own vectors."""
+        from index.ann import training_sample
+
+        dim = self.encoder.dim
+        training = None
+        if training_sample(spec):
+            training = self.store.sample_item_vectors(modality, dim, training_sample(spec), seed=1)
+            if len(training) < _min_training(spec):
+                spec = "IDMap2,Flat"  # too few vectors to train on: exact is both possible and cheap
+                training = None
+        index = VectorIndex.build(dim, spec, training)
+        for ids, vectors in self.store.iter_vectors(modality, dim):
+            index.add(ids, vectors)
+        self.tuning[modality] = self._tune(modality, index)
+        self._attach_gpu(index)
+        return index
+
+    def _tune(self, modality: str, index: VectorIndex) -> tuple[str, float | None, int]:
+        """Tune an approximate index on stored vectors used as queries, each one's own match left
+        out (it would be found trivially and flatter the recall)."""
+        from index.ann import exact_neighbours, tune
+
+        if index.exact or index.count == 0:
+            return "", None, 0
+        queries = self.store.sample_item_vectors(modality, self.encoder.dim, TUNING_QUERIES, seed=2)
+        truth = exact_neighbours(self.store.iter_vectors(modality, self.encoder.dim), queries, 11)
+        result = tune(index.raw, index.spec, queries, truth, 10, exclude_self=True)
+        if result.parameter:
+            index.set_search_parameter(f"{result.parameter}={result.value}")
+        return index.search_parameter, result.recall, index.count
 
     def _install(self, indexes: dict[str, VectorIndex], generation: int, version: int) -> None:
         with self._swap_lock:
@@ -250,18 +363,35 @@ class Collection:
         # restart at 1, or running readers (which load only newer generations) would miss it.
         on_disk = (number for number, _path in self._generation_files())
         generation = max(self.generation, previous.generation if previous else 0, *on_disk) + 1
+        self._respec()
         entries = {}
         for modality, index in self.indexes.items():
             name = f"{modality}.{generation:06d}.faiss"
             path = self.db_dir / INDEX_DIR / name
             index.save(path)
+            parameter, recall, tuned_count = self.tuning.get(modality, ("", None, 0))
             entries[modality] = IndexFile(modality, index.spec, name, index.count, sha256_file(path),
-                                          path.stat().st_size)
+                                          path.stat().st_size, parameter, recall, tuned_count)
         manifest = Manifest(self.encoder, generation, self.built_from_version, entries)
         save_manifest(self.db_dir, manifest)
         self.generation = generation
         self._prune(keep={generation, previous.generation if previous else generation})
         return manifest
+
+    def _respec(self) -> None:
+        """Rebuild, from the store, each index whose spec no longer suits its size (Flat grown past
+        the exact limit, an inverted file whose list count should double) or the user's choice.
+        Specs change only when a collection grows or shrinks severalfold, so the cost is amortised."""
+        for modality, index in list(self.indexes.items()):
+            spec = self.spec_for(index.count, index.spec)
+            if spec != index.spec:
+                rebuilt = self._build(modality, spec)
+                with self._swap_lock:
+                    self.indexes = {**self.indexes, modality: rebuilt}
+            elif not index.exact and index.count >= 2 * self.tuning.get(modality, ("", None, 0))[2]:
+                # Tuned when it was half this size (or empty): the effort that reached the target
+                # then may fall short now, so it is measured again (amortised like a rebuild).
+                self.tuning[modality] = self._tune(modality, index)
 
     def _generation_files(self):
         """(generation number, path) of every `MODALITY.NNNNNN.faiss` file on disk."""
@@ -291,7 +421,19 @@ class Collection:
         self._install(indexes, manifest.generation, manifest.store_version)
         return True
 
-    def search(self, modality: str, queries, k: int):
-        """(scores (m, k), vector ids (m, k)) from one modality's index."""
+    def count(self, modality: str) -> int:
+        """Vectors held for one modality (audio: pooled and window vectors)."""
+        return self.indexes[modality].count
+
+    def search(self, modality: str, queries, k: int, where: SearchFilter | None = None):
+        """(scores (m, k'), vector ids (m, k')) from one modality's index, best first, k' <= k; ids
+        are -1 where fewer than k' vectors pass.
+
+        `where` is applied inside the search: the index is asked only about vectors whose items
+        pass it, so a filter leaving j >= k vectors still yields k results.
+        """
         index = self.indexes[modality]  # one reference read: a concurrent swap cannot tear it
-        return index.search(queries, k)
+        if where is None or where.empty:
+            return index.search(queries, k)
+        allowed = self.store.vector_ids_where(modality, where)
+        return index.search(queries, k, allowed=allowed)

@@ -31,3 +31,12 @@ class EncoderMismatchError(ValueError):
 
 class IndexCorruptError(ValueError):
     """An index file does not match the checksum in the manifest (callers rebuild it)."""
+
+
+class MilvusError(StoreError):
+    """The Milvus backend cannot be used: pymilvus is not installed, the server cannot be reached, a
+    milvus-lite file is open in another process, or a collection of that name is not xmodal's."""
+
+
+class IndexSpecError(ValueError):
+    """An `--index-spec` that FAISS cannot build."""

@@ -57,7 +57,11 @@ class WriterLock:
 
 def is_locked(db_dir: Path) -> bool:
     """True when some process currently holds the writer lock."""
-    path = Path(db_dir) / LOCK_NAME
+    return is_file_locked(Path(db_dir) / LOCK_NAME)
+
+
+def is_file_locked(path: Path) -> bool:
+    """True when some process holds an exclusive `flock` on `path` (a missing file: False)."""
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)

@@ -31,6 +31,9 @@ class IndexFile:
     count: int
     sha256: str
     bytes: int
+    search_parameter: str = ""  # the tuned effort of an approximate index ("nprobe=8"); "" when exact
+    recall: float | None = None  # recall@10 against exact search measured when it was tuned
+    tuned_count: int = 0  # vectors it held when tuned; it is tuned again once it has doubled
 
 
 @dataclass(frozen=True)

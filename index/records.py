@@ -87,6 +87,9 @@ class VectorChanges:
     added_ids: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
     added_vectors: dict[str, list[np.ndarray]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
     removed_ids: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
+    # Vectors kept as they are whose item was renamed or touched (new path, mtime). FAISS has nothing
+    # to do for them; a backend that keeps item metadata beside the vectors (Milvus) rewrites it.
+    moved_ids: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
 
     def add(self, modality: str, vector_id: int, embedding: np.ndarray) -> None:
         self.added_ids[modality].append(vector_id)
@@ -111,6 +114,10 @@ class VectorChanges:
             return ids, np.empty((0, dim), dtype=np.float32)
         return ids, np.stack(self.added_vectors[modality]).astype(np.float32, copy=False)
 
+    def move(self, modality: str, vector_ids: list[int]) -> None:
+        self.moved_ids[modality].extend(vector_ids)
+
     @property
     def empty(self) -> bool:
-        return not any(self.added_ids[m] or self.removed_ids[m] for m in MODALITIES)
+        """No vector or searchable metadata changed (the store version stays, caches stay current)."""
+        return not any(self.added_ids[m] or self.removed_ids[m] or self.moved_ids[m] for m in MODALITIES)

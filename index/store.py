@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from index.errors import DatabaseCorruptError, StorageFullError, StoreError
+from index.filters import SearchFilter
 from index.records import (
     ErrorRecord,
     FileState,
@@ -138,7 +139,7 @@ class Store:
 
     @property
     def store_version(self) -> int:
-        """Bumped by every commit that adds or removes vectors; an index built at another is stale."""
+        """Bumped by every commit that adds, removes or moves vectors; an index built at another is stale."""
         return int(self.get_meta("store_version") or 0)
 
     # ---------------------------------------------------------------- writes
@@ -266,6 +267,15 @@ class Store:
             last_id = int(ids[-1])
             yield ids, vectors.astype(np.float32, copy=False)
 
+    def vector_ids_where(self, modality: str, where: SearchFilter) -> np.ndarray:
+        """Sorted ids (int64) of the vectors of `modality` whose items pass `where`."""
+        clause, params = where.sql("i")
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT v.id FROM vectors v JOIN items i ON i.id = v.item_id WHERE i.modality = ? AND {clause} "
+                "ORDER BY v.id", (modality, *params)).fetchall()
+        return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+
     def vector_ids(self, modality: str) -> np.ndarray:
         with self._lock:
             rows = self._conn.execute(
@@ -361,6 +371,10 @@ class Transaction:
             (state.path, state.size, state.mtime_ns, state.content_hash, item_id),
         )
         self._conn.execute("DELETE FROM errors WHERE path = ?", (state.path,))
+        row = self._conn.execute("SELECT modality FROM items WHERE id = ?", (item_id,)).fetchone()
+        if row is not None:  # Milvus keeps path and mtime beside the vectors: they must be rewritten
+            ids = [r[0] for r in self._conn.execute("SELECT id FROM vectors WHERE item_id = ?", (item_id,))]
+            self.changes.move(row[0], ids)
 
     def copy_item(self, source: ItemRecord, state: FileState) -> int:
         """Add a new item with the same content as `source`, reusing its vectors instead of encoding."""

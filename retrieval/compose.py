@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from index.backends import open_collection
 from index.collection import STORE_NAME, Collection, read_encoder_identity, record_roots
 from index.errors import StoreError
 from index.lock import WriterLock
@@ -27,8 +28,9 @@ def _model_spec(settings: Settings, stored: EncoderIdentity | None) -> str:
     return settings.model or (stored.spec if stored else DEFAULT_MODEL)
 
 
-def _no_collection(db_dir: Path) -> StoreError:
-    return StoreError(f"no collection at {db_dir} (run `xmodal index FOLDER --db {db_dir}` first)")
+def _no_collection(settings: Settings) -> StoreError:
+    db = settings.milvus.describe() if settings.milvus else settings.db_dir  # what the user gave as --db
+    return StoreError(f"no collection at {db} (run `xmodal index FOLDER --db {db}` first)")
 
 
 def build_engine(settings: Settings) -> SearchEngine:
@@ -42,9 +44,10 @@ def build_engine(settings: Settings) -> SearchEngine:
 
     stored = read_encoder_identity(settings.db_dir)
     if stored is None:
-        raise _no_collection(settings.db_dir)
+        raise _no_collection(settings)
     encoder = create_encoder(_model_spec(settings, stored), settings.device, settings.batch_size)
-    collection = Collection.open(settings.db_dir, encoder.identity, writable=False)
+    collection = open_collection(settings.db_dir, encoder.identity, writable=False, milvus=settings.milvus,
+                                 device=settings.device)
     engine = SearchEngine(encoder, collection, settings.limits, _match_judge(encoder, collection))
     _attach_generator(engine, settings.generator)
     return engine
@@ -146,9 +149,11 @@ def run_index(settings: Settings, paths: list[Path], progress: ProgressCallback 
     with WriterLock(settings.db_dir):
         encoder = create_encoder(_model_spec(settings, read_encoder_identity(settings.db_dir)), settings.device,
                                  settings.batch_size)
-        collection = Collection.open(settings.db_dir, encoder.identity, writable=True)
+        collection = open_collection(settings.db_dir, encoder.identity, writable=True, milvus=settings.milvus,
+                                     index_spec=settings.index_spec, device=settings.device)
         options = IndexOptions(workers=settings.workers or default_workers(), batch_size=settings.batch_size,
-                               limits=settings.limits, exclude=[str(settings.db_dir)])
+                               limits=settings.limits, exclude=[str(settings.db_dir)],
+                               ray_address=settings.ray_address)
         try:
             record_roots(collection.store, roots)
             summary = index_paths(roots, collection, encoder, options, progress)
@@ -178,7 +183,7 @@ def keep_generated(settings: Settings, encoder, picture: Path) -> IndexSummary:
     if not path.startswith(folder) or not os.path.isfile(path):
         raise QueryError(f"{picture} is not a generated picture of the collection at {settings.db_dir}")
     with WriterLock(settings.db_dir):
-        collection = Collection.open(settings.db_dir, encoder.identity, writable=True)
+        collection = open_collection(settings.db_dir, encoder.identity, writable=True, milvus=settings.milvus)
         options = IndexOptions(workers=1, batch_size=settings.batch_size, limits=settings.limits)
         try:
             record_roots(collection.store, [folder.rstrip(os.sep)])  # the API may serve kept pictures
@@ -222,7 +227,7 @@ def collection_info(settings: Settings) -> CollectionInfo:
     """Model, counts, index specs, size on disk and error count, without loading the model."""
     identity = read_encoder_identity(settings.db_dir)
     if identity is None:
-        raise _no_collection(settings.db_dir)
+        raise _no_collection(settings)
     store = _open_store(settings.db_dir)
     try:
         counts = store.counts()
@@ -251,7 +256,7 @@ def collection_info(settings: Settings) -> CollectionInfo:
 def list_errors(settings: Settings, error_class: str | None = None) -> list[ErrorRecord]:
     """The error ledger of a collection."""
     if not (Path(settings.db_dir) / STORE_NAME).exists():
-        raise _no_collection(settings.db_dir)
+        raise _no_collection(settings)
     store = _open_store(settings.db_dir)
     try:
         return store.list_errors(error_class)

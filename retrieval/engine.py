@@ -20,6 +20,7 @@ import numpy as np
 
 from index.collection import Collection
 from index.errors import StorageFullError
+from index.filters import SearchFilter
 from index.records import MODALITIES
 from retrieval.errors import ItemNotFoundError, QueryError, QueryFileError
 from retrieval.fallback import generated_prefix
@@ -133,7 +134,8 @@ class SearchEngine:
     # ---------------------------------------------------------------- queries
 
     def search_text(self, text: str, k: int = 10, modality: str = "all",
-                    min_confidence: float | None = None, generate: str = "never") -> SearchResult:
+                    min_confidence: float | None = None, generate: str = "never",
+                    where: SearchFilter | None = None) -> SearchResult:
         text = text.strip()
         if not text:
             raise QueryError("the text query is empty")
@@ -144,10 +146,11 @@ class SearchEngine:
             vector = self.batcher.encode_text(text)
         else:
             vector = self.encoder.encode_text([text])[0]
-        return self.answer("text", text, vector, k, modality, min_confidence, generate)
+        return self.answer("text", text, vector, k, modality, min_confidence, generate, where)
 
     def search_file(self, path: str | Path, expected: str, k: int = 10, modality: str = "all",
-                    min_confidence: float | None = None, generate: str = "never") -> SearchResult:
+                    min_confidence: float | None = None, generate: str = "never",
+                    where: SearchFilter | None = None) -> SearchResult:
         """Search with an image or audio file, decoded exactly as indexing decodes it.
 
         Raises:
@@ -158,11 +161,11 @@ class SearchEngine:
         except MediaError as error:
             raise QueryFileError(f"cannot use {path} as a query: {error}", error.error_class.value) from None
         return self.search_bytes(data, str(path), expected, k, modality, min_confidence=min_confidence,
-                                 generate=generate)
+                                 generate=generate, where=where)
 
     def search_bytes(self, data: bytes, name: str, expected: str, k: int = 10, modality: str = "all",
                      media_type: str | None = None, min_confidence: float | None = None,
-                     generate: str = "never") -> SearchResult:
+                     generate: str = "never", where: SearchFilter | None = None) -> SearchResult:
         """Search with the bytes of an image or sound (an upload); `name` labels it in messages.
 
         Args:
@@ -193,10 +196,11 @@ class SearchEngine:
             vector = self.batcher.run(lambda encoder: _embed_decoded(encoder, decoded))
         else:
             vector = _embed_decoded(self.encoder, decoded)
-        return self.answer(expected, name, vector, k, modality, min_confidence, generate)
+        return self.answer(expected, name, vector, k, modality, min_confidence, generate, where)
 
     def search_item(self, item_id: int, k: int = 10, modality: str = "all",
-                    min_confidence: float | None = None, generate: str = "never") -> SearchResult:
+                    min_confidence: float | None = None, generate: str = "never",
+                    where: SearchFilter | None = None) -> SearchResult:
         """"More like this": search with an indexed item's own stored vector (no decoding).
 
         Raises:
@@ -206,18 +210,19 @@ class SearchEngine:
         vector = self.collection.store.item_vector(item_id, self.encoder.dim)
         if item is None or vector is None:
             raise ItemNotFoundError(f"no item with id {item_id}")
-        result = self.answer(item.modality, str(item_id), vector, k, modality, min_confidence, generate)
+        result = self.answer(item.modality, str(item_id), vector, k, modality, min_confidence, generate, where)
         return replace(result, query_kind="item")
 
     # ---------------------------------------------------------------- core
 
     def answer(self, kind: str, value: str, vector: np.ndarray, k: int, modality: str,
-               min_confidence: float | None = None, generate: str = "never") -> SearchResult:
+               min_confidence: float | None = None, generate: str = "never",
+               where: SearchFilter | None = None) -> SearchResult:
         """Ranked hits for a query vector, the match decision for its kind of query, and a generated
         picture when `generate` is "always", or "auto" and nothing matched ("never": no picture)."""
         # The decision reads the two best scores of each target, whatever k the caller asked for:
         # with k=1 it would otherwise see no runner-up and give another confidence.
-        by_target = self._search_targets(vector, max(k, 2), modality)
+        by_target = self._search_targets(vector, max(k, 2), modality, where)
         decision = None
         if self.judge is not None:
             scores = {target: [hit.score for hit in hits[:2]] for target, hits in by_target.items()}
@@ -262,12 +267,13 @@ class SearchEngine:
                                     made.score)
         return provenance, store.save(made.pixels, provenance)
 
-    def _search_targets(self, vector: np.ndarray, k: int, modality: str) -> dict[str, list[SearchHit]]:
+    def _search_targets(self, vector: np.ndarray, k: int, modality: str,
+                        where: SearchFilter | None = None) -> dict[str, list[SearchHit]]:
         check_k(k)
         if modality not in TARGETS:
             raise QueryError(f"modality must be one of {', '.join(TARGETS)}, got {modality!r}")
         targets = MODALITIES if modality == "all" else (modality,)
-        return {target: self._search_one(vector, k, target) for target in targets}
+        return {target: self._search_one(vector, k, target, where) for target in targets}
 
     @staticmethod
     def _merge(by_target: dict[str, list[SearchHit]], k: int) -> list[SearchHit]:
@@ -275,17 +281,18 @@ class SearchEngine:
         hits.sort(key=lambda hit: (-hit.score, hit.id))
         return hits[:k]
 
-    def _search_one(self, vector: np.ndarray, k: int, modality: str) -> list[SearchHit]:
-        index = self.collection.indexes[modality]
-        total = index.count
+    def _search_one(self, vector: np.ndarray, k: int, modality: str, where: SearchFilter | None) -> list[SearchHit]:
+        total = self.collection.count(modality)
         if total == 0:
             return []
+        # A sound has several window vectors: ask for more than k and keep each item's best.
         fetch = min(total, k if modality == "image" else 4 * k)
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         while True:
-            scores, ids = index.search(query, fetch)
+            scores, ids = self.collection.search(modality, query, fetch, where)
             best = self._group(scores[0], ids[0])
-            if len(best) >= k or fetch >= total:
+            exhausted = int((ids[0] >= 0).sum()) < fetch  # the filter lets no more through
+            if len(best) >= k or fetch >= total or exhausted:
                 return sorted(best.values(), key=lambda hit: (-hit.score, hit.id))[:k]
             fetch = min(total, fetch * 4)
 

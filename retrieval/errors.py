@@ -19,6 +19,11 @@ class WorkerStartError(RuntimeError):
     """Decode worker processes cannot start: a fault of the installation, never of the files."""
 
 
+class ClusterError(WorkerStartError):
+    """The Ray cluster of `index --ray` cannot be used: ray missing (extra [distributed]), unreachable,
+    or its job failed. Like WorkerStartError, a fault of the setup, never a verdict on the files."""
+
+
 class QueryError(ValueError):
     """A query that cannot be answered as given (empty text, bad k, unreadable query file)."""
 

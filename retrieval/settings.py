@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from index.backends import MilvusTarget, locate_db
 from retrieval.media.limits import MediaLimits
 
 
@@ -28,9 +29,26 @@ class Settings:
     # None: the model's own generator (MODEL_DIR/generator); "none": no fallback pictures; a
     # generator directory; or "diffusers:SOURCE[?steps=N&guidance=W]" (extra [diffusers]).
     generator: str | None = None
+    # `xmodal index --ray`: decode and encode on a Ray cluster ("auto", "ray://host:port", "local").
+    ray_address: str | None = None
+    # `xmodal index --index-spec`: a FAISS factory string that replaces the choice by size (kept in the
+    # collection for later runs), "auto" to return to it, None to keep what the collection has.
+    index_spec: str | None = None
+    # Set from db_dir when it is `milvus://HOST:PORT/NAME` or `PATH.db`: the vectors are searched in
+    # Milvus, and db_dir becomes the local ledger (store, writer lock, generated pictures). None: FAISS,
+    # or the Milvus collection the ledger at db_dir names.
+    milvus: MilvusTarget | None = None
+
+    def __post_init__(self) -> None:
+        # db_dir may be given any `--db` value (typer, XMODAL_DB, Settings(db_dir=...)): one meaning.
+        if self.milvus is None:
+            ledger, milvus = locate_db(self.db_dir)
+            if milvus is not None:
+                object.__setattr__(self, "db_dir", ledger)
+                object.__setattr__(self, "milvus", milvus)
 
 
-def load_settings(db: Path | None = None, model: str | None = None, **overrides) -> Settings:
+def load_settings(db: Path | str | None = None, model: str | None = None, **overrides) -> Settings:
     """Settings with explicit values taking precedence over `XMODAL_*` environment variables."""
     workers = overrides.pop("workers", None)
     if workers is None and os.environ.get("XMODAL_WORKERS"):

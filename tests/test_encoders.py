@@ -248,3 +248,23 @@ def test_the_front_end_equals_librosas_log_mel(seconds):
     ours = compute_log_mel(wave, front_end)
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours, reference, atol=2e-3)  # 0.04 dB: float32 FFT rounding near the floor
+
+
+def test_the_gpu_patch_embedding_as_a_matrix_product_gives_the_convolutions_vectors(micro_encoder):
+    import copy
+
+    import torch
+    from open_clip.model import CLIP
+
+    from retrieval.encoders.patch_embed import use_patch_linear
+
+    torch.manual_seed(0)
+    vit = CLIP(16, {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+               {"context_length": 8, "vocab_size": 100, "width": 16, "heads": 1, "layers": 1}).eval()
+    swapped = copy.deepcopy(vit)
+    assert use_patch_linear(swapped)
+    images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(swapped.encode_image(images), vit.encode_image(images), atol=1e-5, rtol=1e-4)
+    assert swapped.state_dict().keys() == vit.state_dict().keys()  # weights still load by name
+    assert not use_patch_linear(copy.deepcopy(micro_encoder.clip_model))  # a ResNet tower is left alone

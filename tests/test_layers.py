@@ -62,8 +62,8 @@ def test_the_rule_checker_catches_a_forbidden_import(tmp_path):
 def test_importing_the_packages_loads_no_torch_faiss_or_weights():
     code = (
         "import sys, retrieval, retrieval.encoders, retrieval.compose, retrieval.indexing.workers, index, "
-        "index.collection, generation, cli.main\n"
-        "heavy = [m for m in ('torch', 'faiss', 'open_clip', 'librosa') if m in sys.modules]\n"
+        "index.collection, index.backends, generation, cli.main\n"
+        "heavy = [m for m in ('torch', 'faiss', 'open_clip', 'librosa', 'pymilvus') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -132,8 +132,11 @@ def test_move_points_the_item_at_its_new_path_and_keeps_its_vectors(store, rng):
     with store.write() as second:
         second.move_item(item_id, file_state("/m/new.png", "hash-of-/m/old.png", mtime_ns=99))
 
-    assert second.changes.empty  # no vector changed, so no index work and no stale index
-    assert store.store_version == version
+    # No vector changed (FAISS has no work), but their metadata did: Milvus keeps path and mtime
+    # beside the vectors, and a writer killed before rewriting them must leave a visibly stale store.
+    assert second.changes.added_ids == second.changes.removed_ids == {"image": [], "audio": []}
+    assert second.changes.moved_ids == {"image": vector_ids, "audio": []}
+    assert store.store_version == version + 1
     assert store.items_under(["/m/old.png"]) == {}
     assert store.items_under(["/m/new.png"])["/m/new.png"].id == item_id
     assert store.resolve_vectors(vector_ids)[vector_ids[0]].item.path == "/m/new.png"

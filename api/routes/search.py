@@ -8,10 +8,22 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
+from pydantic import ValidationError
 
 from api.deps import State
-from api.files import display_path, urls
-from api.schemas import Generate, ItemQuery, SearchResponse, Target, TextQuery, error_responses
+from api.errors import ApiError
+from api.files import display_path, server_folders, urls
+from api.schemas import (
+    DATE_PATTERN,
+    FileType,
+    Filters,
+    Generate,
+    ItemQuery,
+    SearchResponse,
+    Target,
+    TextQuery,
+    error_responses,
+)
 from api.state import ServerState
 from retrieval.engine import MAX_K, SearchResult
 
@@ -26,6 +38,25 @@ TargetField = Annotated[Target, Form(description="Search images, sounds, or both
 ConfidenceField = Annotated[float | None, Form(ge=0, le=1, description="Confidence needed for a match.")]
 GenerateField = Annotated[Generate, Form(description="Draw a picture when nothing matches (auto), never, or always.")]
 UploadField = Annotated[UploadFile, File(description="The query file.")]
+UnderField = Annotated[list[str] | None, Form(description="Only files in these folders, as results show paths.")]
+TypesField = Annotated[list[FileType] | None, Form(description="Only these file types.")]
+SinceField = Annotated[str | None, Form(pattern=DATE_PATTERN, description="Modified on or after (YYYY-MM-DD).")]
+UntilField = Annotated[str | None, Form(pattern=DATE_PATTERN, description="Modified up to this date, inclusive.")]
+
+
+def _form_filters(under: list[str] | None, types: list[str] | None, since: str | None, until: str | None) -> Filters:
+    """The filter fields of a form, checked as the JSON body's are (a form field has no item limits)."""
+    try:
+        return Filters(under=under or [], types=types or [], since=since, until=until)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ApiError(422, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def _where(state: ServerState, filters: Filters):
+    from retrieval.filters import build_filter
+
+    return build_filter(server_folders(filters.under, state.roots), list(filters.types), filters.since, filters.until)
 
 
 def _response(state: ServerState, result: SearchResult, started: float) -> dict:
@@ -51,14 +82,15 @@ def _upload_name(upload: UploadFile, fallback: str) -> str:
 
 
 def _search_upload(state: ServerState, upload: UploadFile, expected: str, k: int, modality: str,
-                   min_confidence: float | None, generate: str) -> dict:
+                   min_confidence: float | None, generate: str, filters: Filters) -> dict:
     started = time.perf_counter()
+    where = _where(state, filters)
     with state.admission.slot():
         # BodyLimit has already bounded the request; this bounds what one part can hand us.
         data = upload.file.read(state.server.max_upload_bytes + 1)
         name = _upload_name(upload, f"uploaded {expected}")
         result = state.engine.search_bytes(data, name, expected, k, modality, media_type=upload.content_type,
-                                           min_confidence=min_confidence, generate=generate)
+                                           min_confidence=min_confidence, generate=generate, where=where)
         return _response(state, result, started)
 
 
@@ -66,31 +98,37 @@ def _search_upload(state: ServerState, upload: UploadFile, expected: str, k: int
 def search_text(query: TextQuery, state: State) -> dict:
     """Find images and sounds that match words."""
     started = time.perf_counter()
+    where = _where(state, query)
     with state.admission.slot():
         result = state.engine.search_text(query.query, query.k, query.modality, query.min_confidence,
-                                          query.generate)
+                                          query.generate, where)
         return _response(state, result, started)
 
 
 @router.post("/image", response_model=SearchResponse, responses=_UPLOAD_ERRORS)
 def search_image(file: UploadField, state: State, k: KField = 10, modality: TargetField = "all",
-                 min_confidence: ConfidenceField = None, generate: GenerateField = "auto") -> dict:
+                 min_confidence: ConfidenceField = None, generate: GenerateField = "auto", under: UnderField = None,
+                 types: TypesField = None, since: SinceField = None, until: UntilField = None) -> dict:
     """Find images and sounds that match an uploaded picture (JPEG, PNG, GIF, WebP, BMP)."""
-    return _search_upload(state, file, "image", k, modality, min_confidence, generate)
+    filters = _form_filters(under, types, since, until)
+    return _search_upload(state, file, "image", k, modality, min_confidence, generate, filters)
 
 
 @router.post("/audio", response_model=SearchResponse, responses=_UPLOAD_ERRORS)
 def search_audio(file: UploadField, state: State, k: KField = 10, modality: TargetField = "all",
-                 min_confidence: ConfidenceField = None, generate: GenerateField = "auto") -> dict:
+                 min_confidence: ConfidenceField = None, generate: GenerateField = "auto", under: UnderField = None,
+                 types: TypesField = None, since: SinceField = None, until: UntilField = None) -> dict:
     """Find images and sounds that match an uploaded sound (WAV, FLAC, Ogg Vorbis, MP3)."""
-    return _search_upload(state, file, "audio", k, modality, min_confidence, generate)
+    filters = _form_filters(under, types, since, until)
+    return _search_upload(state, file, "audio", k, modality, min_confidence, generate, filters)
 
 
 @router.post("/item", response_model=SearchResponse, responses=error_responses(401, 404, 422, 429, 503))
 def search_item(query: ItemQuery, state: State) -> dict:
     """More like this: search with an indexed item's own vector."""
     started = time.perf_counter()
+    where = _where(state, query)
     with state.admission.slot():
         result = state.engine.search_item(query.id, query.k, query.modality, query.min_confidence,
-                                          query.generate)
+                                          query.generate, where)
         return _response(state, result, started)

@@ -24,7 +24,7 @@ import numpy as np
 from retrieval.bench.machine import cpu_name, versions
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, SXM
-BATCHES = {"ci": (1, 8, 32), "full": (1, 8, 32, 128, 256, 512)}
+BATCHES = {"ci": (1, 8, 32), "full": (1, 8, 32, 128, 256, 512, 1024)}
 
 
 @dataclass
@@ -97,8 +97,15 @@ def _peak(device, given: float | None) -> float | None:
 
 
 def run_encode_benchmark(model: str = "small", size: str = "ci", repeats: int = 5, device: str | None = None,
-                         peak_tflops: float | None = None) -> EncodeBenchReport:
-    """Items/s of the image and text towers of `model` at each batch size of `size`."""
+                         peak_tflops: float | None = None, precision: str = "autocast",
+                         compile_towers: bool = False) -> EncodeBenchReport:
+    """Items/s of the image and text towers of `model` at each batch size of `size`.
+
+    Args:
+        precision: on CUDA, "autocast" (bf16 autocast over float32 weights: what indexing does) or
+            "bf16" (the weights themselves cast to bfloat16: no per-call casts).
+        compile_towers: run the towers through `torch.compile` (fuses the element-wise work).
+    """
     import open_clip
     import torch
 
@@ -109,16 +116,22 @@ def run_encode_benchmark(model: str = "small", size: str = "ci", repeats: int = 
         encoder = create_encoder(resolve_model(model, Path(work)), device=device)
     clip, dev = encoder.clip_model, encoder.device
     cuda = dev.type == "cuda"
+    weights_bf16 = cuda and precision == "bf16"
+    if weights_bf16:
+        clip = clip.to(torch.bfloat16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     side = encoder.inputs.image_size
-    report = EncodeBenchReport(model, str(dev), "bfloat16 autocast" if cuda else "float32", cpu_name(),
+    dtype = ("bfloat16 weights" if weights_bf16 else "bfloat16 autocast") if cuda else "float32"
+    dtype += ", torch.compile" if compile_towers else ""
+    report = EncodeBenchReport(model, str(dev), dtype, cpu_name(),
                                os.cpu_count() or 1, torch.get_num_threads(), versions(torch, open_clip), repeats,
                                _peak(dev, peak_tflops))
     rng = np.random.default_rng(0)
     words = ["a", "big", "red", "circle", "on", "grey", "small", "photo", "of", "dog"]
 
     def images(batch: int) -> torch.Tensor:
-        return torch.from_numpy(rng.standard_normal((batch, 3, side, side)).astype(np.float32)).to(dev)
+        pixels = torch.from_numpy(rng.standard_normal((batch, 3, side, side)).astype(np.float32)).to(dev)
+        return pixels.to(torch.bfloat16) if weights_bf16 else pixels
 
     def texts(batch: int) -> torch.Tensor:
         return encoder.tokenizer([" ".join(rng.choice(words, 8)) for _ in range(batch)]).to(dev)
@@ -128,6 +141,8 @@ def run_encode_benchmark(model: str = "small", size: str = "ci", repeats: int = 
         one = make(1)
         with autocast():
             report.flops_per_item[tower] = _flops(lambda forward=forward, one=one: forward(one))
+    if compile_towers:  # after counting: the counter needs the eager modules
+        towers = {tower: (make, torch.compile(forward)) for tower, (make, forward) in towers.items()}
     with torch.inference_mode():
         for tower, (make, forward) in towers.items():
             for batch in BATCHES[size]:

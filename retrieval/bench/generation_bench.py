@@ -7,6 +7,10 @@ image tower then judges the picture zero-shot: among the canonical captions of a
 is the right one ranked first? Reported per query kind, for the whole concept and per attribute,
 separately for concepts whose shape–colour pair the models trained on and for held-out pairs they
 never saw; latency is the wall time of one verified picture.
+
+Speed on its own: the generator drawing `b` pictures in one call for b = 1, 2, 4, ... 32 (no
+verification), ms per picture at batch 1 and pictures/s at each batch, medians of 5 timed calls
+after a warm-up; the best batch is the one with the most pictures/s.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +64,15 @@ class GenerationReport:
     cores: int
     python: str
     groups: dict[str, dict[str, KindFigures]] = field(default_factory=dict)  # group -> kind -> figures
+    speed: list[dict] = field(default_factory=list)  # {"batch", "seconds": [...], "images_per_second"}
+
+    def speed_summary(self) -> dict:
+        if not self.speed:
+            return {}
+        best = max(self.speed, key=lambda row: row["images_per_second"])
+        one = next(row for row in self.speed if row["batch"] == 1)
+        return {"batch_1_ms": statistics.median(one["seconds"]) * 1000, "best_batch": best["batch"],
+                "best_images_per_second": best["images_per_second"]}
 
     def table(self) -> str:
         lines = [f"generator {self.generator} for {self.model}: best of {self.candidates}, {self.steps} steps; "
@@ -71,12 +86,33 @@ class GenerationReport:
                 lines.append(f"{group:<22} {kind:<6} {s['queries']:>4} {s['concept_recognised']:>8.2f} "
                              f"{a['shape']:>6.2f} {a['colour']:>7.2f} {a['size']:>5.2f} {a['background']:>7.2f} "
                              f"{s['median_ms']:>7.0f} {s['p90_ms']:>7.0f}")
+        if self.speed:
+            summary = self.speed_summary()
+            lines.append(f"drawing alone ({self.steps} steps, no verification): "
+                         + ", ".join(f"batch {row['batch']}: {row['images_per_second']:.1f}/s" for row in self.speed))
+            lines.append(f"batch 1: {summary['batch_1_ms']:.0f} ms per picture; best batch {summary['best_batch']}: "
+                         f"{summary['best_images_per_second']:.1f} pictures/s")
         return "\n".join(lines)
 
     def to_json(self) -> str:
         body = {k: v for k, v in asdict(self).items() if k != "groups"}
         body["groups"] = {g: {k: f.summary() for k, f in kinds.items()} for g, kinds in self.groups.items()}
+        body["speed_summary"] = self.speed_summary()
         return json.dumps(body, indent=2) + "\n"
+
+
+def measure_drawing(drawer, vector: np.ndarray, batches=(1, 2, 4, 8, 16, 32), repeats: int = 5) -> list[dict]:
+    """Pictures/s of `drawer` at each batch size: medians of `repeats` calls after a warm-up call."""
+    rows = []
+    for batch in batches:
+        drawer.draw(vector, None, batch, 0)  # warm-up: allocations, kernel choice
+        seconds = []
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            drawer.draw(vector, None, batch, repeat + 1)
+            seconds.append(time.perf_counter() - started)
+        rows.append({"batch": batch, "seconds": seconds, "images_per_second": batch / statistics.median(seconds)})
+    return rows
 
 
 def run_generation_benchmark(generator_dir: Path, model: str = "starter", candidates: int = DEFAULT_CANDIDATES,
@@ -112,5 +148,6 @@ def run_generation_benchmark(generator_dir: Path, model: str = "starter", candid
                 figures.attributes[name] += getattr(guess, name) == getattr(concept, name)
             figures.millis.append(made.millis)
             figures.scores.append(made.score)
+    report.speed = measure_drawing(drawer, captions[0])
     return report
 

@@ -28,6 +28,7 @@ from retrieval.bench.machine import cpu_name
 @dataclass
 class IndexBenchReport:
     model: str
+    device: str
     files: int
     images: int
     sounds: int
@@ -122,7 +123,7 @@ def _encode_all(decoded: list, encoder, batch_size: int) -> float:
 
 
 def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 50, workers: int | None = None,
-                        repeats: int = 3, hostile: bool = True) -> IndexBenchReport:
+                        repeats: int = 3, hostile: bool = True, device: str = "cpu") -> IndexBenchReport:
     """Generate a folder, then measure decode-only, encode-only and end-to-end indexing rates."""
     import faiss
     import open_clip
@@ -141,9 +142,10 @@ def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 5
         spec = resolve_model(model, workdir)
         manifest = generate_sample_folder(workdir / "media", images, sounds, hostile=hostile, seed=0)
         files = [f.path for f in walk_roots([str(workdir / "media")]).files]
-        encoder = create_encoder(spec, device="cpu")
+        encoder = create_encoder(spec, device=device)
         report = IndexBenchReport(
-            model=model, files=len(files), images=len(manifest.images), sounds=len(manifest.sounds),
+            model=model, device=str(encoder.device), files=len(files), images=len(manifest.images),
+            sounds=len(manifest.sounds),
             hostile=len(manifest.hostile), workers=workers, torch_threads=torch.get_num_threads(),
             cpu_count=os.cpu_count() or 0, machine=cpu_name(),
             versions={"torch": torch.__version__, "open_clip": open_clip.__version__, "faiss": faiss.__version__,
@@ -157,7 +159,7 @@ def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 5
             report.encode_seconds.append(_encode_all(decoded, encoder, 64))
             db = workdir / f"db-{repeat}"
             started = time.perf_counter()
-            summary = run_index(Settings(db_dir=db, model=spec, workers=workers, device="cpu"), [workdir / "media"])
+            summary = run_index(Settings(db_dir=db, model=spec, workers=workers, device=device), [workdir / "media"])
             report.index_wall_seconds.append(time.perf_counter() - started)
             report.index_seconds.append(summary.seconds)
             shutil.rmtree(db)

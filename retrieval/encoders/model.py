@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,10 @@ class Encoder:
         # one convolution and does not mind.
         self.clip_model = clip_model.to(device).eval()
         self.clip_model.visual.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            from retrieval.encoders.patch_embed import use_patch_linear
+
+            use_patch_linear(self.clip_model)
         self.tokenizer = tokenizer
         self.audio_tower = audio_tower.to(device).eval().to(memory_format=torch.channels_last)
         self.image_preprocess = image_preprocess
@@ -70,6 +75,13 @@ class Encoder:
         front_end = self.config.audio.front_end
         return ModelInputs(self.image_preprocess.size, front_end, mel_filterbank(front_end))
 
+    def _precision(self):
+        """bfloat16 autocast for the image and text towers on a GPU (about 8x the float32 rate on
+        an H100/H200, cosines within ~1e-3 of float32); float32 on the CPU, where bf16 is slower."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _empty(self) -> np.ndarray:
         return np.empty((0, self.dim), dtype=np.float32)
 
@@ -87,7 +99,8 @@ class Encoder:
         out = []
         for start in range(0, len(texts), self.batch_size * 4):
             tokens = self.tokenizer(list(texts[start : start + self.batch_size * 4])).to(self.device)
-            out.append(self._to_numpy(self.clip_model.encode_text(tokens)))
+            with self._precision():
+                out.append(self._to_numpy(self.clip_model.encode_text(tokens)))
         return np.concatenate(out)
 
     # ---------------------------------------------------------------- images
@@ -111,7 +124,8 @@ class Encoder:
             batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
             x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
             x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-            out.append(self._to_numpy(self.clip_model.encode_image(x)))
+            with self._precision():
+                out.append(self._to_numpy(self.clip_model.encode_image(x)))
         return np.concatenate(out)
 
     # ---------------------------------------------------------------- audio

@@ -1,5 +1,6 @@
 """Incremental indexing: walk, compare with the store, decode in workers, encode in batches,
-commit in transactions.
+commit in transactions. With `ray_address`, decoding and encoding run on Ray actors
+(retrieval/indexing/distributed.py); everything else here is the same for both.
 
 Every store write happens in a transaction of a few hundred files, applied to the in-memory
 indexes only after it commits, so a run killed at any moment loses at most the uncommitted batch
@@ -12,22 +13,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from index.collection import Collection
 from index.records import FileState, ItemRecord, NewVector
-from retrieval.indexing.prepare import (
-    DECODED,
-    FAILED,
-    KNOWN_CONTENT,
-    NOT_MEDIA,
-    SAME_CONTENT,
-    Prepared,
-    Task,
-    prepare_file,
-)
+from retrieval.errors import WorkerStartError
+from retrieval.indexing.encode import EncodeBatcher
+from retrieval.indexing.prepare import ENCODED, FAILED, KNOWN_CONTENT, NOT_MEDIA, SAME_CONTENT, Prepared, Task
 from retrieval.indexing.summary import IndexSummary
 from retrieval.indexing.walk import walk_roots
 from retrieval.indexing.workers import DecodePool
@@ -38,6 +32,9 @@ if TYPE_CHECKING:
     from retrieval.encoders.model import Encoder
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files total)
+# Reads and decodes files (skipping contents whose hash is in the set): one result per task, in any
+# order. Local worker processes, or Ray actors that also encode (their results come back ENCODED).
+DecodeStage = Callable[[list[Task], frozenset[str]], Iterator[Prepared]]
 _TRANSIENT = (ErrorClass.PERMISSION, ErrorClass.IO_ERROR)
 
 
@@ -55,6 +52,8 @@ class IndexOptions:
     save_every_seconds: float = 120.0  # write an index generation readers can pick up mid-run
     limits: MediaLimits = field(default_factory=MediaLimits)
     exclude: list[str] = field(default_factory=list)
+    # Decode and encode on a Ray cluster ("auto", "ray://host:port" or "local"); None: worker processes here.
+    ray_address: str | None = None
 
 
 class _Writer:
@@ -102,61 +101,6 @@ class _Writer:
         self.last_flush = time.monotonic()
 
 
-class _EncodeQueue:
-    """Decoded files waiting for the encoder, batched per modality."""
-
-    def __init__(self, encoder: Encoder, writer: _Writer, summary: IndexSummary, batch_size: int) -> None:
-        self.encoder = encoder
-        self.writer = writer
-        self.summary = summary
-        self.batch_size = batch_size
-        self.images: list[Prepared] = []
-        self.sounds: list[Prepared] = []
-        self.sound_windows = 0
-
-    def add(self, prepared: Prepared) -> None:
-        if prepared.info.modality == "image":
-            self.images.append(prepared)
-            if len(self.images) >= self.batch_size:
-                self.encode_images()
-        else:
-            self.sounds.append(prepared)
-            frames_per_window = self.encoder.config.audio.front_end.window_hop_frames
-            self.sound_windows += 1 + prepared.log_mel.shape[1] // max(1, frames_per_window)
-            if self.sound_windows >= self.batch_size:
-                self.encode_sounds()
-
-    def encode_images(self) -> None:
-        if not self.images:
-            return
-        import numpy as np
-
-        vectors = self.encoder.encode_pixels(np.stack([p.pixels for p in self.images]))  # (n, dim)
-        for prepared, vector in zip(self.images, vectors, strict=True):
-            self.writer.add("put", prepared.state, prepared.info, [NewVector(vector)])
-        self.summary.encoded += len(self.images)
-        self.images = []
-
-    def encode_sounds(self) -> None:
-        if not self.sounds:
-            return
-        embeddings = self.encoder.embed_log_mels([p.log_mel for p in self.sounds],
-                                                 [p.info.duration for p in self.sounds])
-        for prepared, embedding in zip(self.sounds, embeddings, strict=True):
-            duration = prepared.info.duration
-            vectors = [NewVector(embedding.pooled, "item", 0.0, duration)]
-            if len(embedding.ranges) > 1:
-                windows = zip(embedding.windows, embedding.ranges, strict=True)
-                vectors += [NewVector(v, "window", start, end) for v, (start, end) in windows]
-            self.writer.add("put", prepared.state, prepared.info, vectors)
-        self.summary.encoded += len(self.sounds)
-        self.sounds, self.sound_windows = [], 0
-
-    def finish(self) -> None:
-        self.encode_images()
-        self.encode_sounds()
-
-
 def _under(path: str, directories: list[str]) -> bool:
     return any(path.startswith(d.rstrip("/") + "/") for d in directories)
 
@@ -165,17 +109,18 @@ class _Run:
     """The state of one indexing run; `execute` is its whole story, top to bottom."""
 
     def __init__(self, roots: list[str], collection: Collection, encoder: Encoder, options: IndexOptions,
-                 progress: ProgressCallback | None) -> None:
+                 progress: ProgressCallback | None, decode: DecodeStage) -> None:
         self.roots = roots
         self.collection = collection
-        self.encoder = encoder
         self.options = options
         self.progress = progress or (lambda done, total: None)
+        self.decode = decode
         self.summary = IndexSummary(roots)
         self.writer = _Writer(collection, options)
-        self.queue = _EncodeQueue(encoder, self.writer, self.summary, options.batch_size)
+        self.queue = EncodeBatcher(encoder, options.batch_size, self.put)
         self.stored: dict[str, ItemRecord] = {}
         self.orphans: dict[str, list[ItemRecord]] = {}
+        self.redo: list[Task] = []  # skipped as a rename that did not happen: decode after all
 
     def execute(self) -> IndexSummary:
         started = time.monotonic()
@@ -202,22 +147,26 @@ class _Run:
 
         done = self.summary.unchanged
         self.progress(done, len(walk.files))
-        pool = DecodePool(self.options.workers, self.encoder.inputs, self.options.limits, frozenset(self.orphans))
+        skip_hashes = frozenset(self.orphans)
         try:
-            for prepared in pool.run(tasks):
-                self.handle(prepared)
-                done += 1
-                self.progress(done, len(walk.files))
-                self.writer.maybe_flush()
+            while tasks:
+                for prepared in self.decode(tasks, skip_hashes):
+                    self.handle(prepared)
+                    done += 1
+                    self.progress(done - len(self.redo), len(walk.files))
+                    self.writer.maybe_flush()
+                done -= len(self.redo)
+                tasks, skip_hashes, self.redo = self.redo, frozenset(), []
             self.queue.finish()
             for items in self.orphans.values():  # vanished and not claimed by a rename
                 for item in items:
                     self.writer.add("delete", item.id)
                     self.summary.removed += 1
             self.writer.flush()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, WorkerStartError):
             # Pending operations are complete decisions (vanished items are only queued for deletion
-            # after the loop); commit them so a Ctrl-C keeps the work done. The next run does the rest.
+            # after the loop); commit them so a Ctrl-C or a lost cluster keeps the work done. The
+            # next run does the rest.
             self.writer.flush()
             raise
         finally:
@@ -264,17 +213,28 @@ class _Run:
         source = self.collection.store.find_item_by_hash(state.content_hash)
         if source is not None and source.id not in self.writer.deleted_ids:
             self.writer.add("copy", source, state)
+        elif prepared.status == KNOWN_CONTENT:  # decoding was skipped for a rename that did not happen
+            self.redo.append(Task(state.path, existing.content_hash if existing else None))
+            return  # counted when it comes back decoded
+        elif prepared.status == ENCODED:
+            self.put(prepared, prepared.vectors)
         else:
-            if prepared.status == KNOWN_CONTENT:  # decoding was skipped for a rename that did not happen
-                prepared = prepare_file(Task(state.path), self.encoder.inputs, self.options.limits, frozenset())
-                if prepared.status != DECODED:
-                    self.handle(prepared)
-                    return
             self.queue.add(prepared)
         if existing is not None:
             self.summary.updated += 1
         else:
             self.summary.new += 1
+
+    def put(self, prepared: Prepared, vectors: list[NewVector]) -> None:
+        self.writer.add("put", prepared.state, prepared.info, vectors)
+        self.summary.encoded += 1
+
+
+def _local_decode(encoder: Encoder, options: IndexOptions) -> DecodeStage:
+    def decode(tasks: list[Task], skip_hashes: frozenset[str]) -> Iterator[Prepared]:
+        return DecodePool(options.workers, encoder.inputs, options.limits, skip_hashes).run(tasks)
+
+    return decode
 
 
 def index_paths(
@@ -287,6 +247,17 @@ def index_paths(
     """Bring the collection in step with the files under `roots`.
 
     The caller holds the writer lock. Individual bad files never raise: they are recorded in the
-    error ledger and the summary. Raises only for fatal problems (StorageFullError, StoreError).
+    error ledger and the summary. With `options.ray_address`, files are decoded and encoded by Ray
+    actors; everything else (the walk, change detection, the writer) stays here.
+
+    Raises:
+        StorageFullError, StoreError: the store cannot be written.
+        WorkerStartError: decode workers cannot start (ClusterError: the Ray cluster cannot be used).
     """
-    return _Run(roots, collection, encoder, options or IndexOptions(), progress).execute()
+    options = options or IndexOptions()
+    if options.ray_address is None:
+        return _Run(roots, collection, encoder, options, progress, _local_decode(encoder, options)).execute()
+    from retrieval.indexing.distributed import RayDecodeStage
+
+    with RayDecodeStage(options.ray_address, encoder, options) as stage:
+        return _Run(roots, collection, encoder, options, progress, stage).execute()

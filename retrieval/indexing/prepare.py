@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.records import FileState, MediaInfo
+from index.records import FileState, MediaInfo, NewVector
 from retrieval.encoders.config import ModelInputs
 from retrieval.encoders.frontend import compute_log_mel
 from retrieval.media.audio import load_audio
@@ -21,6 +21,7 @@ from retrieval.media.limits import MediaLimits
 from retrieval.media.sniff import HEAD_BYTES, classify_unknown, sniff
 
 DECODED, SAME_CONTENT, KNOWN_CONTENT, FAILED, NOT_MEDIA = "decoded", "same", "known", "failed", "not_media"
+ENCODED = "encoded"  # decoded and embedded where it was decoded (a Ray actor): `vectors` set, inputs dropped
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Prepared:
     pixels: np.ndarray | None = None  # (S, S, 3) uint8
     log_mel: np.ndarray | None = None  # (n_mels, T) float32
     error: MediaError | None = None
+    vectors: list[NewVector] | None = None  # ENCODED only: what the store keeps for this file
 
 
 @dataclass(frozen=True)

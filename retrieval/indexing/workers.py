@@ -119,6 +119,19 @@ class DecodePool:
         self._size = max(1, workers)
         self._buffered = buffered
         self._workers: list[_Worker] = []
+        self._kept = False  # inside `with pool:` the workers outlive each run
+
+    def __enter__(self) -> DecodePool:
+        """Keep the workers between runs (a Ray actor decodes batch after batch) until the block ends."""
+        self._workers = self._start(self._size)
+        self._kept = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._kept = False
+        for worker in self._workers:
+            worker.stop(force=worker.task is not None)
+        self._workers = []
 
     def _start(self, count: int) -> list[_Worker]:
         """Start `count` workers at once (imports overlap), then wait until each is ready."""
@@ -133,14 +146,16 @@ class DecodePool:
         return workers
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Prepared]:
-        """Yield one Prepared per task. Stops the workers when exhausted or abandoned.
+        """Yield one Prepared per task. Stops the workers when exhausted or abandoned (unless kept).
 
-        Each call is a fresh run (new workers, queue and stop flag), so a pool can be run again.
+        Each call is a fresh run (new queue and stop flag; new workers unless kept), so a pool can
+        be run again.
         """
         self._results: queue.Queue = queue.Queue(maxsize=self._buffered)
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._workers = self._start(self._size)
+        if not self._kept:
+            self._workers = self._start(self._size)
         dispatcher = threading.Thread(target=self._dispatch, args=(iter(tasks),), daemon=True)
         dispatcher.start()
         try:
@@ -159,9 +174,14 @@ class DecodePool:
                 except queue.Empty:
                     pass
                 dispatcher.join(timeout=0.05)
-            for worker in self._workers:
-                worker.stop(force=worker.task is not None)
-            self._workers = []
+            if self._kept:  # a worker abandoned mid-file still works on it: replace it
+                for index, worker in enumerate(self._workers):
+                    if worker.task is not None:
+                        self._replace(index)
+            else:
+                for worker in self._workers:
+                    worker.stop(force=worker.task is not None)
+                self._workers = []
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
