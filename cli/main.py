@@ -146,7 +146,7 @@ def search(
     if as_json:
         output.print_json({**result.to_dict(), **({"kept": kept} if keep_generated else {})})
     else:
-        output.print_search(result)
+        output.print_search(result, filtered=where is not None)
         if kept:
             output.stdout.print("  kept: the picture is in the collection now, marked generated in results",
                                 highlight=False)

@@ -60,9 +60,11 @@ def progress_bar(description: str, enabled: bool):
         yield update
 
 
-def print_search(result) -> None:
+def print_search(result, filtered: bool = False) -> None:
     if not result.results:
-        stdout.print("no results (the collection has nothing of the requested modality)")
+        why = "nothing in the collection passes the filters" if filtered else \
+            "the collection has nothing of the requested modality"
+        stdout.print(f"no results ({why})")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name, justify in (("rank", "right"), ("score", "right"), ("modality", "left"), ("path", "left"),

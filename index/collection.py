@@ -16,6 +16,7 @@ fails its checksum), the indexes are rebuilt from the stored vectors, never by r
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +115,6 @@ def _remember_spec(store: Store, requested: str | None, dim: int) -> str | None:
 
 def resolve_device(device: str | None) -> str:
     """"cuda" when asked for or (device None) when torch sees a GPU, else "cpu"."""
-    import os
-
     from index.gpu_flat import cuda_available
 
     device = device or os.environ.get("XMODAL_DEVICE") or "auto"
@@ -130,6 +129,14 @@ def _check_identity(stored: EncoderIdentity, requested: EncoderIdentity, db_dir:
             f"index in {db_dir} was built with {stored.spec}, dim {stored.dim}; you asked for "
             f"{requested.spec}, dim {requested.dim}. Search it without --model, or index into another --db"
         )
+
+
+def _memory_budget() -> int | None:
+    """Half the machine's physical memory: past it, full-precision vectors give way to PQ codes."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _min_training(spec: str) -> int:
@@ -285,7 +292,7 @@ class Collection:
 
         if self.index_spec:
             return self.index_spec
-        return next_spec(count, self.encoder.dim, current, gpu=self.device != "cpu")
+        return next_spec(count, self.encoder.dim, current, gpu=self.device != "cpu", memory_bytes=_memory_budget())
 
     def rebuild(self) -> None:
         """Rebuild every index in memory from the vectors in the store."""
