@@ -209,6 +209,8 @@ class CollectionInfo:
     items: dict[str, int]
     vectors: dict[str, int]
     index_specs: dict[str, str]
+    # per modality, for approximate indexes: {"parameter": "nprobe=8", "recall_at_10": 0.97} as tuned
+    index_tuning: dict[str, dict]
     generation: int
     store_version: int
     index_current: bool
@@ -245,6 +247,8 @@ def collection_info(settings: Settings) -> CollectionInfo:
         items={m: c["items"] for m, c in counts.items()},
         vectors={m: c["vectors"] for m, c in counts.items()},
         index_specs={m: e.spec for m, e in manifest.indexes.items()} if manifest else {},
+        index_tuning={m: {"parameter": e.search_parameter, "recall_at_10": e.recall}
+                      for m, e in manifest.indexes.items() if e.search_parameter} if manifest else {},
         generation=manifest.generation if manifest else 0,
         store_version=version,
         index_current=bool(manifest and manifest.store_version == version),

@@ -291,7 +291,8 @@ class SearchEngine:
         while True:
             scores, ids = self.collection.search(modality, query, fetch, where)
             best = self._group(scores[0], ids[0])
-            exhausted = int((ids[0] >= 0).sum()) < fetch  # the filter lets no more through
+            # A filtered search already widened itself to find all it could: fewer means no more pass.
+            exhausted = where is not None and int((ids[0] >= 0).sum()) < fetch
             if len(best) >= k or fetch >= total or exhausted:
                 return sorted(best.values(), key=lambda hit: (-hit.score, hit.id))[:k]
             fetch = min(total, fetch * 4)

@@ -4,6 +4,8 @@ tuned at build time to recall@10 >= 0.95 against exact search, recorded in the m
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -93,5 +95,8 @@ def test_the_cli_refuses_an_unbuildable_index_spec_and_reports_the_chosen_one(tm
     assert bad.returncode == 2 and "--index-spec" in bad.stderr
     run_xmodal("index", str(sample_folder), "--db", db, "--model", str(micro_model), "--index-spec", "HNSW8",
                "--quiet", check=True)
-    info = run_xmodal("info", "--db", db, "--json", check=True).stdout
-    assert '"image": "IDMap2,HNSW8"' in info
+    info = json.loads(run_xmodal("info", "--db", db, "--json", check=True).stdout)
+    assert info["index_specs"]["image"] == "IDMap2,HNSW8"
+    tuned = info["index_tuning"]["image"]  # what the graph search was tuned to, and what it reached
+    assert tuned["parameter"].startswith("efSearch=") and tuned["recall_at_10"] >= 0.95
+    assert f"IDMap2,HNSW8 ({tuned['parameter']}, recall@10" in run_xmodal("info", "--db", db, check=True).stdout
