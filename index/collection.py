@@ -385,6 +385,11 @@ class Collection:
         self._prune(keep={generation, previous.generation if previous else generation})
         return manifest
 
+    def needs_respec(self) -> bool:
+        """True when some index should change type (its size moved on, or the user's spec changed):
+        the next `save_generation` rebuilds it, even if no file changed."""
+        return any(self.spec_for(index.count, index.spec) != index.spec for index in self.indexes.values())
+
     def _respec(self) -> None:
         """Rebuild, from the store, each index whose spec no longer suits its size (Flat grown past
         the exact limit, an inverted file whose list count should double) or the user's choice.

@@ -196,7 +196,7 @@ def keep_generated(settings: Settings, encoder, picture: Path) -> IndexSummary:
 
 def _save_if_stale(collection: Collection) -> None:
     manifest = load_manifest(collection.db_dir)
-    if manifest is None or manifest.store_version != collection.built_from_version:
+    if manifest is None or manifest.store_version != collection.built_from_version or collection.needs_respec():
         collection.save_generation()
 
 

@@ -97,6 +97,12 @@ def test_the_cli_refuses_an_unbuildable_index_spec_and_reports_the_chosen_one(tm
                "--quiet", check=True)
     info = json.loads(run_xmodal("info", "--db", db, "--json", check=True).stdout)
     assert info["index_specs"]["image"] == "IDMap2,HNSW8"
+    # A new --index-spec takes effect at once, though no file changed; `auto` returns to exact search.
+    run_xmodal("index", str(sample_folder), "--db", db, "--index-spec", "auto", "--quiet", check=True)
+    assert json.loads(run_xmodal("info", "--db", db, "--json", check=True).stdout)["index_specs"]["image"] == \
+        "IDMap2,Flat"
+    run_xmodal("index", str(sample_folder), "--db", db, "--index-spec", "HNSW8", "--quiet", check=True)
+    info = json.loads(run_xmodal("info", "--db", db, "--json", check=True).stdout)
     tuned = info["index_tuning"]["image"]  # what the graph search was tuned to, and what it reached
     assert tuned["parameter"].startswith("efSearch=") and tuned["recall_at_10"] >= 0.95
     assert f"IDMap2,HNSW8 ({tuned['parameter']}, recall@10" in run_xmodal("info", "--db", db, check=True).stdout
