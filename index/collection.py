@@ -292,7 +292,8 @@ class Collection:
 
         if self.index_spec:
             return self.index_spec
-        return next_spec(count, self.encoder.dim, current, gpu=self.device.startswith("cuda"), memory_bytes=_memory_budget())
+        return next_spec(count, self.encoder.dim, current, gpu=self.device.startswith("cuda"),
+                         memory_bytes=_memory_budget())
 
     def rebuild(self) -> None:
         """Rebuild every index in memory from the vectors in the store."""
