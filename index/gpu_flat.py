@@ -54,6 +54,7 @@ class TorchFlatIndex:
         self.dtype = getattr(torch, dtype)
         self._vectors = torch.empty((1024, dim), dtype=self.dtype, device=self.device)
         self._ids = np.empty(0, dtype=np.int64)
+        self._sorted = True  # _ids ascending (removals keep the order)
         self._lock = threading.Lock()
 
     @property
@@ -81,7 +82,10 @@ class TorchFlatIndex:
                 grown[:n] = self._vectors[:n]
                 self._vectors = grown
             self._vectors[n:need] = block
-            self._ids = np.concatenate([self._ids, np.asarray(ids, dtype=np.int64)])
+            new = np.asarray(ids, dtype=np.int64)
+            # Store ids arrive in increasing order: kept sorted, a filter finds its rows by bisection.
+            self._sorted = self._sorted and bool(np.all(np.diff(new) > 0)) and (n == 0 or new[0] > self._ids[-1])
+            self._ids = np.concatenate([self._ids, new])
 
     def remove(self, ids) -> int:
         torch = _torch()
@@ -97,6 +101,22 @@ class TorchFlatIndex:
                 self._ids = self._ids[keep]
             return removed
 
+    def _mask(self, allowed: np.ndarray):
+        """(n,) bool on the device: which rows hold an allowed id. O(allowed · log n) while the ids
+        are sorted, instead of a pass over all n (10M ids take ~1 s to `isin`)."""
+        torch = _torch()
+        n = len(self._ids)
+        if self._sorted:
+            allowed = np.asarray(allowed, dtype=np.int64)
+            rows = np.searchsorted(self._ids, allowed)
+            inside = rows < n
+            rows, allowed = rows[inside], allowed[inside]
+            rows = rows[self._ids[rows] == allowed]  # an allowed id this index does not hold finds a neighbour
+            mask = torch.zeros(n, dtype=torch.bool, device=self.device)
+            mask[torch.from_numpy(rows).to(self.device)] = True
+            return mask
+        return torch.from_numpy(np.isin(self._ids, allowed)).to(self.device)
+
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores (m, k) float32 and ids (m, k) int64, best first; -inf/-1 where fewer than k pass.
 
@@ -111,8 +131,7 @@ class TorchFlatIndex:
             q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device, self.dtype)
             scores = q @ self._vectors[:n].T  # (m, n)
             if allowed is not None:
-                mask = torch.from_numpy(np.isin(self._ids, allowed)).to(self.device)
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores = scores.masked_fill(~self._mask(allowed), float("-inf"))
             top = min(k, n)
             values, rows = torch.topk(scores, top, dim=1)  # sorted, best first
             values = values.float().cpu().numpy()

@@ -83,3 +83,18 @@ def test_searches_from_many_threads_while_another_adds_see_whole_batches():
     for thread in threads:
         thread.join()
     assert not errors and index.count == 2100 and all(count % 100 == 0 for count in seen)
+
+
+def test_filters_find_their_rows_whether_or_not_ids_arrived_in_order():
+    vectors = _unit(400, 8, 7)
+    in_order, shuffled = TorchFlatIndex(8, "cpu"), TorchFlatIndex(8, "cpu")
+    ids = np.arange(400, dtype=np.int64) * 3
+    in_order.add(ids, vectors)
+    order = np.random.default_rng(8).permutation(400)
+    shuffled.add(ids[order], vectors[order])
+    in_order.remove(ids[::7])
+    shuffled.remove(ids[::7])
+    allowed = np.array([0, 1, 2, 3, 9, 30, 31, 600, 1194, 1197, 5000])  # absent, removed, last, past the end
+    for index in (in_order, shuffled):
+        found = index.search(vectors[:3], 10, allowed=allowed)[1]
+        assert set(found[found >= 0].tolist()) == {3, 9, 30, 600, 1194}
