@@ -26,13 +26,25 @@ def nlist_for(n: int) -> int:
     return int(min(65_536, max(64, 2 ** round(math.log2(target)))))
 
 
+def inverted_lists(spec: str) -> int | None:
+    """The list count of a spec's inverted file ("IDMap2,IVF4096,Flat" -> 4096); None without one."""
+    found = [int(part[3:]) for part in spec.split(",") if part.startswith("IVF")]
+    return found[0] if found else None
+
+
 def training_sample(spec: str) -> int:
     """Vectors to train a spec's quantisers on: 40 per inverted list (FAISS warns below 39), and
     at least 10,000 for PQ codebooks; 0 for specs that need no training."""
-    lists = [int(p[3:]) for p in spec.split(",") if p.startswith("IVF")]
+    lists = inverted_lists(spec)
     if lists:
-        return max(40 * lists[0], 10_000)
+        return max(40 * lists, 10_000)
     return 10_000 if "PQ" in spec else 0
+
+
+def min_training(spec: str) -> int:
+    """Fewest vectors a spec can be trained on: one per inverted list (FAISS refuses fewer), 256
+    for 8-bit PQ codebooks."""
+    return max(inverted_lists(spec) or 0, 256 if "PQ" in spec else 0)
 
 
 def choose_spec(n: int, dim: int, memory_bytes: int | None = None) -> str:
@@ -64,20 +76,15 @@ def next_spec(n: int, dim: int, current: str | None, gpu: bool = False, memory_b
     wanted = choose_spec(n, dim, memory_bytes)
     if current is None or current == wanted:
         return wanted
-    current_lists = _lists(current)
-    if current_lists is None or _lists(wanted) is None:  # exact <-> inverted file
+    current_lists, wanted_lists = inverted_lists(current), inverted_lists(wanted)
+    if current_lists is None or wanted_lists is None:  # exact <-> inverted file
         if current_lists is not None and n >= EXACT_UP_TO // 2:
             return current
         return wanted
-    if wanted.replace(f"IVF{_lists(wanted)}", "") != current.replace(f"IVF{current_lists}", ""):
+    if wanted.replace(f"IVF{wanted_lists}", "") != current.replace(f"IVF{current_lists}", ""):
         return wanted  # another kind of code (Flat <-> PQ): memory demands it
-    ratio = _lists(wanted) / current_lists
+    ratio = wanted_lists / current_lists
     return wanted if ratio >= 2 or ratio <= 0.25 else current
-
-
-def _lists(spec: str) -> int | None:
-    found = [int(p[3:]) for p in spec.split(",") if p.startswith("IVF")]
-    return found[0] if found else None
 
 
 def exact_neighbours(chunks, queries: np.ndarray, k: int) -> np.ndarray:
@@ -130,8 +137,8 @@ class Tuning:
 
 def search_parameter(spec: str) -> tuple[str, list[int]] | None:
     """The knob of an approximate spec and the values to try, cheapest first."""
-    if "IVF" in spec:
-        nlist = int(next(p for p in spec.split(",") if p.startswith("IVF"))[3:])
+    nlist = inverted_lists(spec)
+    if nlist:
         return "nprobe", [v for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
                           if v <= nlist] or [nlist]
     if "HNSW" in spec:

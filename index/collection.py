@@ -18,8 +18,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from index.atomic import sha256_file
 from index.errors import EncoderMismatchError, IndexCorruptError, IndexSpecError, StoreError
@@ -34,6 +37,7 @@ STORE_NAME = "xmodal.sqlite3"
 INDEX_DIR = "indexes"
 INDEX_SPEC_KEY = "index_spec"  # a user's --index-spec, kept for every later run; absent: chosen by size
 TUNING_QUERIES = 200
+ALLOWED_CACHE = 16  # filters whose allowed ids are kept
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,10 @@ def _remember_spec(store: Store, requested: str | None, dim: int) -> str | None:
 
 
 def resolve_device(device: str | None) -> str:
-    """"cuda" when asked for or (device None) when torch sees a GPU, else "cpu"."""
+    """The device given (callers pass their encoder's), or for None "cuda" when torch sees a GPU."""
     from index.gpu_flat import cuda_available
 
-    device = device or os.environ.get("XMODAL_DEVICE") or "auto"
-    if device == "auto":
+    if device is None or device == "auto":
         return "cuda" if cuda_available() else "cpu"
     return device
 
@@ -139,13 +142,6 @@ def _memory_budget() -> int | None:
         return None
 
 
-def _min_training(spec: str) -> int:
-    """Fewest vectors a spec can be trained on: one per inverted list (FAISS refuses fewer), 256
-    for 8-bit PQ codebooks."""
-    lists = [int(p[3:]) for p in spec.split(",") if p.startswith("IVF")]
-    return max(lists[0] if lists else 0, 256 if "PQ" in spec else 0)
-
-
 class Collection:
     """Store plus in-memory indexes of one database directory."""
 
@@ -163,6 +159,10 @@ class Collection:
         self.built_from_version = -1
         self.status = LoadStatus("empty")
         self._swap_lock = threading.Lock()
+        # (modality, filter) -> (the index it was made for, its store version, allowed ids); weak, so a
+        # swapped-out generation is freed at once
+        self._allowed_cache: dict[tuple[str, SearchFilter], tuple] = {}
+        self._allowed_lock = threading.Lock()
 
     # ---------------------------------------------------------------- opening
 
@@ -306,31 +306,51 @@ class Collection:
     def _build(self, modality: str, spec: str) -> VectorIndex:
         """A modality's index of `spec` from the stored vectors: trained on a sample, filled, and
         (approximate specs) tuned to recall@10 >= 0.95 on the collection's own vectors."""
-        from index.ann import training_sample
+        from index.ann import exact_neighbours, min_training, training_sample
 
         dim = self.encoder.dim
         training = None
-        if training_sample(spec):
-            training = self.store.sample_item_vectors(modality, dim, training_sample(spec), seed=1)
-            if len(training) < _min_training(spec):
+        sample = training_sample(spec)
+        if sample:
+            training = self.store.sample_item_vectors(modality, dim, sample, seed=1)
+            if len(training) < min_training(spec):
                 spec = "IDMap2,Flat"  # too few vectors to train on: exact is both possible and cheap
                 training = None
         index = VectorIndex.build(dim, spec, training)
-        for ids, vectors in self.store.iter_vectors(modality, dim):
-            index.add(ids, vectors)
-        self.tuning[modality] = self._tune(modality, index)
+
+        def filling():  # adds each chunk as it passes: the tuning truth needs no second read
+            for ids, vectors in self.store.iter_vectors(modality, dim):
+                index.add(ids, vectors)
+                yield ids, vectors
+
+        if index.exact:
+            for _chunk in filling():
+                pass
+            self.tuning[modality] = ("", None, 0)
+        else:
+            queries = self._tuning_queries(modality)
+            self.tuning[modality] = self._tune(index, queries, exact_neighbours(filling(), queries, 11))
         self._attach_gpu(index)
         return index
 
-    def _tune(self, modality: str, index: VectorIndex) -> tuple[str, float | None, int]:
-        """Tune an approximate index on stored vectors used as queries, each one's own match left
-        out (it would be found trivially and flatter the recall)."""
-        from index.ann import exact_neighbours, tune
+    def _tuning_queries(self, modality: str) -> np.ndarray:
+        return self.store.sample_item_vectors(modality, self.encoder.dim, TUNING_QUERIES, seed=2)
 
-        if index.exact or index.count == 0:
+    def _retune(self, modality: str, index: VectorIndex) -> tuple[str, float | None, int]:
+        from index.ann import exact_neighbours
+
+        queries = self._tuning_queries(modality)
+        return self._tune(index, queries, exact_neighbours(self.store.iter_vectors(modality, self.encoder.dim),
+                                                           queries, 11))
+
+    def _tune(self, index: VectorIndex, queries: np.ndarray, truth: np.ndarray) -> tuple[str, float | None, int]:
+        """Tune an approximate index on stored vectors used as queries (`truth`: their exact 11
+        nearest, themselves first), each one's own match left out (it would be found trivially
+        and flatter the recall)."""
+        from index.ann import tune
+
+        if index.count == 0:
             return "", None, 0
-        queries = self.store.sample_item_vectors(modality, self.encoder.dim, TUNING_QUERIES, seed=2)
-        truth = exact_neighbours(self.store.iter_vectors(modality, self.encoder.dim), queries, 11)
         result = tune(index.raw, index.spec, queries, truth, 10, exclude_self=True)
         if result.parameter:
             index.set_search_parameter(f"{result.parameter}={result.value}")
@@ -404,7 +424,7 @@ class Collection:
             elif not index.exact and index.count >= 2 * self.tuning.get(modality, ("", None, 0))[2]:
                 # Tuned when it was half this size (or empty): the effort that reached the target
                 # then may fall short now, so it is measured again (amortised like a rebuild).
-                self.tuning[modality] = self._tune(modality, index)
+                self.tuning[modality] = self._retune(modality, index)
 
     def _generation_files(self):
         """(generation number, path) of every `MODALITY.NNNNNN.faiss` file on disk."""
@@ -448,5 +468,19 @@ class Collection:
         index = self.indexes[modality]  # one reference read: a concurrent swap cannot tear it
         if where is None or where.empty:
             return index.search(queries, k)
+        return index.search(queries, k, allowed=self._allowed(modality, where, index))
+
+    def _allowed(self, modality: str, where: SearchFilter, index: VectorIndex) -> np.ndarray:
+        """The vector ids passing `where`, from the store once per filter and index state: the
+        engine asks again as it widens a search, and a server's page repeats its filters."""
+        version = self.built_from_version
+        with self._allowed_lock:
+            cached = self._allowed_cache.get((modality, where))
+            if cached is not None and cached[0]() is index and cached[1] == version:
+                return cached[2]
         allowed = self.store.vector_ids_where(modality, where)
-        return index.search(queries, k, allowed=allowed)
+        with self._allowed_lock:
+            self._allowed_cache[(modality, where)] = (weakref.ref(index), version, allowed)
+            while len(self._allowed_cache) > ALLOWED_CACHE:
+                self._allowed_cache.pop(next(iter(self._allowed_cache)))  # the oldest
+        return allowed

@@ -277,12 +277,7 @@ class Store:
         return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
     def vector_ids(self, modality: str) -> np.ndarray:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT v.id FROM vectors v JOIN items i ON i.id = v.item_id WHERE i.modality = ? ORDER BY v.id",
-                (modality,),
-            ).fetchall()
-        return np.asarray([row[0] for row in rows], dtype=np.int64)
+        return self.vector_ids_where(modality, SearchFilter())
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Items and vectors per modality."""

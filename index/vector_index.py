@@ -58,9 +58,8 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path, spec: str, search_parameter: str = "") -> VectorIndex:
-        faiss = _faiss()
-        index = cls(faiss.read_index(str(path)), 0, spec)
-        index.dim = index._index.d
+        raw = _faiss().read_index(str(path))
+        index = cls(raw, raw.d, spec)
         if search_parameter:
             index.set_search_parameter(search_parameter)
         return index

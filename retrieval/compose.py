@@ -47,7 +47,7 @@ def build_engine(settings: Settings) -> SearchEngine:
         raise _no_collection(settings)
     encoder = create_encoder(_model_spec(settings, stored), settings.device, settings.batch_size)
     collection = open_collection(settings.db_dir, encoder.identity, writable=False, milvus=settings.milvus,
-                                 device=settings.device)
+                                 device=str(encoder.device))
     engine = SearchEngine(encoder, collection, settings.limits, _match_judge(encoder, collection))
     _attach_generator(engine, settings.generator)
     return engine
@@ -150,7 +150,7 @@ def run_index(settings: Settings, paths: list[Path], progress: ProgressCallback 
         encoder = create_encoder(_model_spec(settings, read_encoder_identity(settings.db_dir)), settings.device,
                                  settings.batch_size)
         collection = open_collection(settings.db_dir, encoder.identity, writable=True, milvus=settings.milvus,
-                                     index_spec=settings.index_spec, device=settings.device)
+                                     index_spec=settings.index_spec, device=str(encoder.device))
         options = IndexOptions(workers=settings.workers or default_workers(), batch_size=settings.batch_size,
                                limits=settings.limits, exclude=[str(settings.db_dir)],
                                ray_address=settings.ray_address)

@@ -150,3 +150,25 @@ def test_api_filters_take_folders_as_results_show_them(tmp_path, micro_model):
             response = client.post("/search/text", json={**body, **bad})
             assert response.status_code == 400 and "under" in response.json()["error"]["message"]
         assert client.post("/search/text", json={**body, "since": "soon"}).status_code == 422
+
+
+def test_a_filter_is_resolved_once_per_index_state_and_sees_new_items(tmp_path, monkeypatch):
+    from tests.helpers.index_data import put_image
+
+    rng = np.random.default_rng(4)
+    with _filled(tmp_path / "db", rng) as collection:
+        store = collection.store
+        calls = []
+        real = store.vector_ids_where
+        monkeypatch.setattr(store, "vector_ids_where", lambda *args: calls.append(args) or real(*args))
+        where = SearchFilter(under=("/data/b",))
+        query = np.ones((1, DIM), dtype=np.float32) / np.sqrt(DIM)
+        for k in (5, 20, 40):  # the engine widening a search, then the same filter again
+            collection.search("image", query, k, where)
+        assert len(calls) == 1
+        with store.write() as transaction:
+            new_id = put_image(transaction, "/data/b/new.png", rng)
+        collection.apply(transaction.changes)
+        found = collection.search("image", query, 41, where)[1][0]
+        assert len(calls) == 2, "items added since must pass the filter too"
+        assert new_id in {hit.item.id for hit in store.resolve_vectors(found.tolist()).values()}

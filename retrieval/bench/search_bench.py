@@ -135,7 +135,8 @@ def _percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.percentile(millis, 50)), float(np.percentile(millis, 99))
 
 
-def _time_singles(search_one, queries: np.ndarray) -> tuple[float, float]:
+def time_singles(search_one, queries: np.ndarray) -> tuple[float, float]:
+    """Single-query p50 and p99 in ms over `queries`, one search each."""
     times = []
     for query in queries:
         started = time.perf_counter()
@@ -223,9 +224,9 @@ def run_search_benchmark(size: str = "ci", dim: int = 512, seed: int = 0, repeat
 def _measure(figures: MethodFigures, search, singles: np.ndarray, batch: np.ndarray, repeats: int, say) -> None:
     say(f"timing {figures.method} ({figures.spec})")
     search(singles[:5])  # warm-up: page in the data, start the thread pool
-    _time_singles(search, singles[:5])
+    time_singles(search, singles[:5])
     for _ in range(repeats):
-        p50, p99 = _time_singles(search, singles)
+        p50, p99 = time_singles(search, singles)
         figures.p50_ms.append(p50)
         figures.p99_ms.append(p99)
         figures.batch_qps.append(_time_batches(search, batch))
