@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import pytest
 from index.collection import Collection
 from retrieval.data.samples import generate_sample_folder
 from retrieval.engine import SearchEngine
+from tests.helpers.crash_acks import AckLedger, check_after_kill, run_stream_and_kill
 from tests.helpers.crash_harness import (
     FolderModel,
     check_consistent,
@@ -154,3 +156,36 @@ def test_kill_9_many_times_then_a_rerun_is_consistent(tmp_path, micro_model, mic
     rng = np.random.default_rng(SEED + 1)
     fractions = [float(rng.uniform(0.02, 1.1)) for _ in range(iterations)]
     crash_repeatedly(tmp_path, source, micro_model, micro_encoder, fractions, seed=SEED + 1, check_every=10)
+
+
+# ---------------------------------------------------------------- a stream of additions and deletions
+
+
+def crash_stream_repeatedly(db: Path, kills: int, seed: int) -> AckLedger:
+    """Kill the streaming writer `kills` times; after each kill check the collection against what
+    it acknowledged. Returns the ledger with its figures."""
+    rng = np.random.default_rng(seed)
+    ledger = AckLedger()
+    for number in range(kills):
+        run = run_stream_and_kill(db, seed * 1000 + number, rng)
+        assert run.killed, f"the streaming writer ended by itself (exit {run.returncode}):\n{run.stderr[-3000:]}"
+        interrupted = ledger.read(run.output)
+        check_after_kill(db, ledger, interrupted)
+    note(f"{ledger.kills} kills ({dict(ledger.phases)}); acknowledged {ledger.acked_adds} additions and "
+         f"{ledger.acked_deletes} deletions; {len(ledger.live)} live items at the end; "
+         f"{ledger.items_checked} item searches checked")
+    return ledger
+
+
+def test_kill_9_during_a_stream_of_additions_and_deletions_keeps_every_acknowledgement(tmp_path):
+    ledger = crash_stream_repeatedly(tmp_path / "db", kills=10, seed=SEED)
+    assert ledger.acked_adds > 0 and ledger.acked_deletes > 0  # both kinds of promise were tested
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_stream_many_times_keeps_every_acknowledgement(tmp_path):
+    kills = int(os.environ.get("XMODAL_STREAM_CRASH_ITERATIONS", "300"))
+    started = time.monotonic()
+    ledger = crash_stream_repeatedly(tmp_path / "db", kills=kills, seed=SEED + 2)
+    note(f"{kills} kills in {time.monotonic() - started:.0f} s")
+    assert ledger.kills == kills
