@@ -25,18 +25,19 @@ from pathlib import Path
 import numpy as np
 
 from index.atomic import sha256_file
-from index.errors import EncoderMismatchError, IndexCorruptError, IndexSpecError, StoreError
+from index.errors import EncoderMismatchError, IndexCorruptError, StoreError
 from index.filters import SearchFilter
 from index.lock import WriterLock, is_locked
 from index.manifest import EncoderIdentity, IndexFile, Manifest, load_manifest, save_manifest
 from index.records import MODALITIES, VectorChanges
+from index.specs import INDEX_SPEC_KEY, remember_spec
 from index.store import Store
 from index.vector_index import VectorIndex
 
 STORE_NAME = "xmodal.sqlite3"
 INDEX_DIR = "indexes"
-INDEX_SPEC_KEY = "index_spec"  # a user's --index-spec, kept for every later run; absent: chosen by size
 TUNING_QUERIES = 200
+WRITER_WORKING = "a writer is indexing; searching the last saved generation"
 ALLOWED_CACHE = 16  # filters whose allowed ids are kept
 
 
@@ -82,39 +83,6 @@ def _stored_identity(store: Store) -> EncoderIdentity | None:
     if spec is None:
         return None
     return EncoderIdentity(spec, store.get_meta("encoder_fingerprint") or "", int(store.get_meta("dim") or 0))
-
-
-def normalise_spec(spec: str, dim: int) -> str:
-    """A user's factory string as stored: prefixed with IDMap2 (hits are keyed by store ids) and
-    checked by FAISS, so a typo fails at once rather than at the first save.
-
-    Raises:
-        IndexSpecError: FAISS cannot build it.
-    """
-    import faiss
-
-    spec = spec.strip()
-    if not spec.startswith("IDMap2,"):
-        spec = "IDMap2," + spec
-    try:
-        faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as error:
-        raise IndexSpecError(f"--index-spec {spec!r} is not a FAISS factory string this FAISS can build: "
-                         f"{str(error).splitlines()[-1][:200]}") from None
-    return spec
-
-
-def _remember_spec(store: Store, requested: str | None, dim: int) -> str | None:
-    if requested is None:
-        return store.get_meta(INDEX_SPEC_KEY)
-    if requested == "auto":
-        if store.get_meta(INDEX_SPEC_KEY) is not None:
-            store.set_meta({INDEX_SPEC_KEY: ""})
-        return None
-    spec = normalise_spec(requested, dim)
-    if store.get_meta(INDEX_SPEC_KEY) != spec:
-        store.set_meta({INDEX_SPEC_KEY: spec})
-    return spec
 
 
 def resolve_device(device: str | None) -> str:
@@ -163,6 +131,7 @@ class Collection:
         # swapped-out generation is freed at once
         self._allowed_cache: dict[tuple[str, SearchFilter], tuple] = {}
         self._allowed_lock = threading.Lock()
+        self._unusable: set[int] = set()  # generations that failed their checks (refresh skips them)
 
     # ---------------------------------------------------------------- opening
 
@@ -208,7 +177,7 @@ class Collection:
                 store.set_meta({"encoder_spec": encoder.spec, "encoder_fingerprint": encoder.fingerprint,
                                 "dim": str(encoder.dim)})
             identity = stored or encoder
-            spec = _remember_spec(store, index_spec, identity.dim) if writable else store.get_meta(INDEX_SPEC_KEY)
+            spec = remember_spec(store, index_spec, identity.dim) if writable else store.get_meta(INDEX_SPEC_KEY)
             collection = cls(db_dir, store, identity, spec or None, resolve_device(device), **backend)
             collection.load_indexes(repair=writable)
         except BaseException:
@@ -253,7 +222,7 @@ class Collection:
                     return self.status
                 if is_locked(self.db_dir) and not repair:
                     self._install(indexes, manifest.generation, manifest.store_version)
-                    self.status = LoadStatus("stale", "a writer is indexing; searching the last saved generation")
+                    self.status = LoadStatus("stale", WRITER_WORKING)
                     return self.status
                 reason = f"store changed since generation {manifest.generation} was saved"
         self.rebuild()
@@ -261,7 +230,7 @@ class Collection:
         if version and not repair:
             self._save_if_unlocked()
         elif version and repair:
-            self.save_generation()
+            self.save_generation()  # a writer reports a failed save: its run stops, the old generation stays
         return self.status
 
     def _read_generation(self, manifest: Manifest) -> dict[str, VectorIndex]:
@@ -363,6 +332,9 @@ class Collection:
             self.built_from_version = version
 
     def _save_if_unlocked(self) -> None:
+        """Save a reader's repair for everyone when no writer runs. A save that fails (disk full,
+        I/O error) leaves the status 'unsaved': the reader searches its in-memory rebuild, and a
+        server reports itself degraded, since the next start must rebuild again."""
         lock = WriterLock(self.db_dir)
         try:
             lock.acquire()
@@ -370,6 +342,8 @@ class Collection:
             return  # read-only directory or a writer appeared: keep the in-memory rebuild
         try:
             self.save_generation()
+        except (StoreError, OSError) as error:
+            self.status = LoadStatus("unsaved", f"{self.status.reason}; rebuilt in memory, saving failed: {error}")
         finally:
             lock.release()
 
@@ -443,15 +417,28 @@ class Collection:
     # ---------------------------------------------------------------- reading
 
     def refresh(self) -> bool:
-        """Load a newer generation if a writer saved one; in-flight searches finish on the old."""
+        """Load a newer generation if a writer saved one; in-flight searches finish on the old.
+
+        A newer generation that fails its checksums is rebuilt from the store instead (while the
+        old one keeps answering, the status is 'degraded'), once per damaged generation.
+        """
         manifest = load_manifest(self.db_dir)
-        if manifest is None or manifest.generation <= self.generation:
+        if manifest is None or manifest.generation <= self.generation or manifest.generation in self._unusable:
             return False
         try:
             indexes = self._read_generation(manifest)
-        except (IndexCorruptError, OSError, RuntimeError):
-            return False
+        except (IndexCorruptError, OSError, RuntimeError) as error:
+            self._unusable.add(manifest.generation)
+            reason = f"generation {manifest.generation} unusable ({error})"
+            self.status = LoadStatus("degraded", f"{reason}; rebuilding from the store, "
+                                                 f"searching generation {self.generation} meanwhile")
+            self.rebuild()
+            self.status = LoadStatus("rebuilt", reason)
+            self._save_if_unlocked()
+            return True
         self._install(indexes, manifest.generation, manifest.store_version)
+        current = manifest.store_version == self.store.store_version
+        self.status = LoadStatus("loaded") if current else LoadStatus("stale", WRITER_WORKING)
         return True
 
     def count(self, modality: str) -> int:

@@ -108,6 +108,17 @@ class Store:
         with self._lock:
             self._conn.close()
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The lock, with SQLite's errors turned into this package's: a page found damaged in the
+        middle of a read is a DatabaseCorruptError with recovery advice (never a traceback, and
+        never an index rebuilt from what could still be read)."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as error:
+                raise _translate(error, self.path) from error
+
     # ---------------------------------------------------------------- schema and meta
 
     def _migrate(self) -> None:
@@ -133,7 +144,7 @@ class Store:
                 raise
 
     def get_meta(self, key: str) -> str | None:
-        with self._lock:
+        with self._reading():
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
@@ -180,7 +191,7 @@ class Store:
     def items_under(self, roots: Iterable[str]) -> dict[str, ItemRecord]:
         """Every item whose path is a root or lies below one, by path."""
         found: dict[str, ItemRecord] = {}
-        with self._lock:
+        with self._reading():
             for root in roots:
                 prefix = root.rstrip("/") + "/"
                 # A range on the binary collation is a prefix match without LIKE's wildcards:
@@ -193,20 +204,20 @@ class Store:
         return found
 
     def find_item_by_hash(self, content_hash: str) -> ItemRecord | None:
-        with self._lock:
+        with self._reading():
             row = self._conn.execute(
                 f"SELECT {_ITEM_COLUMNS} FROM items WHERE content_hash = ? ORDER BY id LIMIT 1", (content_hash,)
             ).fetchone()
         return _item(row) if row else None
 
     def get_item(self, item_id: int) -> ItemRecord | None:
-        with self._lock:
+        with self._reading():
             row = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
         return _item(row) if row else None
 
     def item_vector(self, item_id: int, dim: int) -> np.ndarray | None:
         """The item's own vector (the pooled one for a sound), or None if the item is gone."""
-        with self._lock:
+        with self._reading():
             row = self._conn.execute(
                 "SELECT embedding FROM vectors WHERE item_id = ? AND kind = 'item' ORDER BY id LIMIT 1", (item_id,)
             ).fetchone()
@@ -217,14 +228,14 @@ class Store:
     def sample_item_vectors(self, modality: str, dim: int, size: int, seed: int = 0) -> np.ndarray:
         """Up to `size` item vectors (n, dim) of one modality (sounds: their pooled vectors), drawn
         without replacement, seeded: the background a query's scores are standardised against."""
-        with self._lock:
+        with self._reading():
             ids = [row[0] for row in self._conn.execute(
                 "SELECT v.id FROM vectors v JOIN items i ON i.id = v.item_id "
                 "WHERE i.modality = ? AND v.kind = 'item' ORDER BY v.id", (modality,))]
         if len(ids) > size:
             ids = sorted(np.random.default_rng(seed).choice(ids, size, replace=False).tolist())
         blobs = []
-        with self._lock:
+        with self._reading():
             for chunk in _chunks(ids):
                 marks = ",".join("?" * len(chunk))
                 blobs.extend(row[0] for row in self._conn.execute(
@@ -238,7 +249,7 @@ class Store:
         ids = [int(i) for i in vector_ids if i >= 0]
         resolved: dict[int, ResolvedVector] = {}
         columns = ", ".join(f"i.{name.strip()}" for name in _ITEM_COLUMNS.split(","))
-        with self._lock:
+        with self._reading():
             for chunk in _chunks(ids):
                 marks = ",".join("?" * len(chunk))
                 rows = self._conn.execute(
@@ -254,7 +265,7 @@ class Store:
         """Yield (ids (n,) int64, vectors (n, dim) float32) of one modality, in id order."""
         last_id = -1
         while True:
-            with self._lock:
+            with self._reading():
                 rows = self._conn.execute(
                     "SELECT v.id, v.embedding FROM vectors v JOIN items i ON i.id = v.item_id "
                     "WHERE i.modality = ? AND v.id > ? ORDER BY v.id LIMIT ?",
@@ -270,7 +281,7 @@ class Store:
     def vector_ids_where(self, modality: str, where: SearchFilter) -> np.ndarray:
         """Sorted ids (int64) of the vectors of `modality` whose items pass `where`."""
         clause, params = where.sql("i")
-        with self._lock:
+        with self._reading():
             rows = self._conn.execute(
                 f"SELECT v.id FROM vectors v JOIN items i ON i.id = v.item_id WHERE i.modality = ? AND {clause} "
                 "ORDER BY v.id", (modality, *params)).fetchall()
@@ -282,7 +293,7 @@ class Store:
     def counts(self) -> dict[str, dict[str, int]]:
         """Items and vectors per modality."""
         result = {m: {"items": 0, "vectors": 0} for m in ("image", "audio")}
-        with self._lock:
+        with self._reading():
             for modality, count in self._conn.execute("SELECT modality, COUNT(*) FROM items GROUP BY modality"):
                 result[modality]["items"] = count
             rows = self._conn.execute(
@@ -298,17 +309,17 @@ class Store:
         if error_class:
             query += " WHERE error_class = ?"
             params = (error_class,)
-        with self._lock:
+        with self._reading():
             rows = self._conn.execute(query + " ORDER BY error_class, path", params).fetchall()
         return [ErrorRecord(*row) for row in rows]
 
     def error_count(self) -> int:
-        with self._lock:
+        with self._reading():
             return self._conn.execute("SELECT COUNT(*) FROM errors").fetchone()[0]
 
     def error_paths_under(self, roots: Iterable[str]) -> set[str]:
         paths: set[str] = set()
-        with self._lock:
+        with self._reading():
             for root in roots:
                 prefix = root.rstrip("/") + "/"
                 rows = self._conn.execute(

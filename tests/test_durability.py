@@ -1,0 +1,215 @@
+"""Durability of a collection on a failing disk: a save that meets a full disk or an I/O error keeps
+the previous generation whole and loadable while searching goes on; a damaged generation that
+appears under a running reader is rebuilt from the store (degraded meanwhile); a reader whose repair
+cannot be saved still serves and says so; a damaged SQLite file is refused with advice and never
+rebuilt. Faults are injected only where the disk would produce them (fsync); everything else is
+real SQLite and FAISS."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.collection import INDEX_DIR, STORE_NAME, Collection
+from index.errors import DatabaseCorruptError, StorageFullError
+from index.lock import WriterLock
+from index.manifest import MANIFEST_NAME, load_manifest
+from index.records import MODALITIES
+from tests.helpers.crash_acks import check_saved_generation
+from tests.helpers.index_data import DIM, ENCODER, put_audio, put_image, unit_vectors
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(11)
+
+
+def fill(collection: Collection, rng: np.random.Generator, prefix: str, images: int = 12, sounds: int = 4) -> None:
+    with collection.store.write() as transaction:
+        for n in range(images):
+            put_image(transaction, f"{prefix}/{n:04d}.png", rng)
+        for n in range(sounds):
+            put_audio(transaction, f"{prefix}/{n:04d}.wav", rng, windows=2)
+    collection.apply(transaction.changes)
+
+
+def results(collection: Collection, queries: np.ndarray, k: int = 10) -> dict:
+    return {modality: collection.search(modality, queries, k) for modality in MODALITIES}
+
+
+def assert_same(got: dict, expected: dict) -> None:
+    for modality in MODALITIES:
+        np.testing.assert_array_equal(got[modality][1], expected[modality][1])
+        np.testing.assert_allclose(got[modality][0], expected[modality][0], atol=1e-6)
+
+
+def assert_in_step(collection: Collection) -> None:
+    for modality in MODALITIES:
+        ids = collection.indexes[modality].ids().tolist()
+        assert len(ids) == len(set(ids)) and set(ids) == set(collection.store.vector_ids(modality).tolist())
+
+
+class FailingDisk:
+    """Makes the `nth` fsync of a regular file written through index.atomic fail with `code` (a full
+    disk or a dying one reports delayed write errors at fsync); `nth=None`: every one fails."""
+
+    def __init__(self, monkeypatch, code: int, nth: int | None = None) -> None:
+        import index.atomic
+
+        self.code, self.nth, self.calls = code, nth, 0
+        self._real = os.fsync
+        monkeypatch.setattr(index.atomic.os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            self.calls += 1
+            if self.nth is None or self.calls == self.nth:
+                raise OSError(self.code, os.strerror(self.code))
+        self._real(fd)
+
+
+@pytest.fixture
+def saved(tmp_path, rng):
+    """A collection directory with generation 1 saved; the queries and the results it gave."""
+    db_dir = tmp_path / "db"
+    queries = unit_vectors(rng, 5, DIM)
+    with Collection.open(db_dir, ENCODER, writable=True) as collection:
+        fill(collection, rng, "/media")
+        collection.save_generation()
+        expected = results(collection, queries)
+    return db_dir, queries, expected
+
+
+# ---------------------------------------------------------------- full disk and I/O errors while saving
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("nth", [1, 2, 3], ids=["first-index-file", "second-index-file", "manifest"])
+def test_a_failed_save_keeps_the_previous_generation_and_searching_goes_on(saved, rng, monkeypatch, code, nth):
+    db_dir, queries, expected = saved
+    manifest_before = (db_dir / MANIFEST_NAME).read_bytes()
+    with WriterLock(db_dir), Collection.open(db_dir, ENCODER, writable=True) as writer, \
+            Collection.open(db_dir, None, writable=False) as server:
+        fill(writer, rng, "/more")
+        disk = FailingDisk(monkeypatch, code, nth)
+        error = StorageFullError if code == errno.ENOSPC else OSError
+        with pytest.raises(error) as raised:
+            writer.save_generation()
+        if code == errno.EIO:
+            assert raised.value.errno == errno.EIO  # reported as it is, not hidden
+        else:
+            assert "no space left" in str(raised.value)
+
+        # The previous generation is untouched, whole and loadable; no temporary file is left.
+        assert (db_dir / MANIFEST_NAME).read_bytes() == manifest_before
+        check_saved_generation(db_dir)
+        assert not list((db_dir / INDEX_DIR).glob(".*.tmp"))
+        # The server keeps serving it, and a refresh finds nothing newer to take.
+        assert_same(results(server, queries), expected)
+        assert server.refresh() is False and server.status.state in ("loaded", "stale")
+
+        # Space again: the writer's next save succeeds and the server moves to it.
+        monkeypatch.setattr(disk, "nth", 0)
+        manifest = writer.save_generation()
+        check_saved_generation(db_dir)
+        assert server.refresh() is True and server.generation == manifest.generation
+        assert server.status.state == "loaded"
+        assert_same(results(server, queries), results(writer, queries))
+        assert_in_step(server)
+
+
+def test_a_reader_whose_repair_cannot_be_saved_still_searches_and_says_degraded(saved, monkeypatch):
+    db_dir, queries, expected = saved
+    image_file = db_dir / INDEX_DIR / load_manifest(db_dir).indexes["image"].file
+    image_file.write_bytes(image_file.read_bytes()[:100])  # truncated
+    FailingDisk(monkeypatch, errno.ENOSPC)
+    with Collection.open(db_dir, None, writable=False) as server:  # starts: no exception
+        assert server.status.state == "unsaved"
+        assert "index files unusable" in server.status.reason and "no space left" in server.status.reason
+        assert_same(results(server, queries), expected)  # rebuilt from the store, in memory
+    assert load_manifest(db_dir).generation == 1  # nothing half-written
+
+
+# ---------------------------------------------------------------- a damaged generation under a running reader
+
+
+def test_a_damaged_new_generation_is_rebuilt_from_the_store_while_the_old_one_answers(saved, rng, monkeypatch):
+    db_dir, queries, _ = saved
+    with Collection.open(db_dir, None, writable=False) as server:
+        with Collection.open(db_dir, ENCODER, writable=True) as writer:
+            fill(writer, rng, "/new", images=5, sounds=2)
+            manifest = writer.save_generation()
+            truth = results(writer, queries)
+        damaged = db_dir / INDEX_DIR / manifest.indexes["audio"].file
+        damaged.write_bytes(b"")  # zero length: a disk that lost the file's blocks
+
+        seen = {}
+        real_rebuild = Collection.rebuild
+
+        def watched_rebuild(collection):  # what a /health call during the rebuild would see
+            seen["status"] = collection.status
+            seen["old_results"] = results(collection, queries)
+            real_rebuild(collection)
+
+        monkeypatch.setattr(Collection, "rebuild", watched_rebuild)
+        assert server.refresh() is True
+        assert seen["status"].state == "degraded" and "unusable" in seen["status"].reason
+        assert seen["old_results"]["image"][1].shape == (5, 10)  # the old generation answered meanwhile
+        assert server.status.state == "rebuilt"
+        assert_same(results(server, queries), truth)
+        assert_in_step(server)
+    # No writer was running, so the repair was saved as a newer, whole generation.
+    check_saved_generation(db_dir)
+    assert load_manifest(db_dir).generation > manifest.generation
+    with Collection.open(db_dir, None, writable=False) as again:
+        assert again.status.state == "loaded"
+
+
+def test_a_reader_that_started_stale_is_current_once_the_writer_saves(saved, rng):
+    db_dir, _, _ = saved
+    with WriterLock(db_dir), Collection.open(db_dir, ENCODER, writable=True) as writer:
+        fill(writer, rng, "/busy")
+        with Collection.open(db_dir, None, writable=False) as server:
+            assert server.status.state == "stale"  # /health: degraded while the writer works
+            writer.save_generation()
+            assert server.refresh() is True
+            assert server.status.state == "loaded"  # /health: ok again
+
+
+# ---------------------------------------------------------------- a damaged SQLite file
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("index_files", ["kept", "lost"])
+def test_a_damaged_database_is_refused_with_advice_and_never_rebuilt(tmp_path, rng, index_files):
+    db_dir = tmp_path / "db"
+    with Collection.open(db_dir, ENCODER, writable=True) as collection:
+        fill(collection, rng, "/big", images=1500, sounds=100)
+        collection.save_generation()
+    store = db_dir / STORE_NAME
+    data = bytearray(store.read_bytes())
+    assert len(data) > 64 * 4096  # many pages: the damage lands inside tables, past the header
+    start, end = len(data) // 4, 3 * len(data) // 4
+    data[start:end] = np.random.default_rng(0).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    store.write_bytes(bytes(data))
+    if index_files == "lost":  # opening must then read every vector: the damage is met at once
+        (db_dir / MANIFEST_NAME).unlink()
+    damaged, manifest = sha256(store), load_manifest(db_dir)
+
+    with pytest.raises(DatabaseCorruptError, match="restore it from a backup") as raised:
+        with Collection.open(db_dir, None, writable=False) as reader:
+            # Index files intact: it opens, and the damage is met when a search resolves its hits.
+            reader.store.resolve_vectors(reader.search("image", unit_vectors(rng, 3, DIM), 50)[1].ravel().tolist())
+            reader.rebuild()
+    assert "never rebuilt silently" in str(raised.value)
+    assert sha256(store) == damaged  # left exactly as found, for the user to recover
+    assert load_manifest(db_dir) == manifest  # no index was rebuilt from what could still be read
