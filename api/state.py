@@ -1,5 +1,6 @@
 """What the service holds while it runs: the engine (built once, in the lifespan), the thumbnail
-cache, the admission limit, and a watcher that picks up new index generations."""
+cache, the admission limits (searches; drawings in api/generation.py), and a watcher that picks up
+new index generations."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api.errors import ApiError
+from api.generation import GatedDrawer, GenerationGate
 from api.thumbnails import ThumbnailCache
 from index.collection import indexed_roots
 from retrieval.engine import SearchEngine
 from retrieval.settings import ServerSettings, Settings
 
 log = logging.getLogger("xmodal.api")
+# Collection states in which /health answers "degraded": a writer is mid-run ("stale"), a damaged
+# generation is being rebuilt from the store ("degraded"), or a repair could not be saved ("unsaved").
+DEGRADED = ("stale", "degraded", "unsaved")
 
 
 class Admission:
@@ -52,6 +57,8 @@ class ServerState:
     roots: list[tuple[str, str]] | None  # (as indexed, real path) of each root; None: a store from before roots
     _stop: threading.Event
     _watcher: threading.Thread | None = None
+    _reported: object = None  # the collection status last logged by the watcher
+    generation: GenerationGate | None = None  # None: this model draws nothing
 
     @classmethod
     def start(cls, settings: Settings, server: ServerSettings) -> ServerState:
@@ -60,11 +67,15 @@ class ServerState:
         from retrieval.compose import build_engine
 
         engine = build_engine(settings)
+        gate = None
+        if engine.generator is not None:
+            gate = GenerationGate()
+            engine.generator = GatedDrawer(engine.generator, gate)
         try:
             engine.start_batching(max_wait_ms=server.batch_wait_ms)
             engine.warm_up()
             state = cls(settings, server, engine, ThumbnailCache(_thumbnail_folder(settings.db_dir)),
-                        Admission(server.max_active_searches), None, threading.Event())
+                        Admission(server.max_active_searches), None, threading.Event(), generation=gate)
             state.refresh_roots()
         except BaseException:
             engine.close()
@@ -86,12 +97,17 @@ class ServerState:
     def _watch(self) -> None:
         """Load each new generation an indexer saves; searches in flight finish on the old one."""
         while not self._stop.wait(self.server.reload_seconds):
+            collection = self.engine.collection
             try:
-                if self.engine.collection.refresh():
+                if collection.refresh():
                     self.refresh_roots()
-                    log.info("loaded index generation %d", self.engine.collection.generation)
+                    log.info("loaded index generation %d (%s)", collection.generation, collection.status.state)
             except Exception:  # noqa: BLE001 - a failed reload keeps serving the loaded generation
                 log.exception("could not load the new index generation; still serving the previous one")
+            if collection.status.state in DEGRADED and collection.status != self._reported:
+                # /health says "degraded" meanwhile; the log says why, once per cause.
+                log.warning("index degraded: %s", collection.status.reason)
+            self._reported = collection.status
 
 
 def _thumbnail_folder(db_dir: Path) -> Path | None:

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,41 @@ def test_a_damaged_database_is_refused_with_advice_and_never_rebuilt(tmp_path, r
     assert "never rebuilt silently" in str(raised.value)
     assert sha256(store) == damaged  # left exactly as found, for the user to recover
     assert load_manifest(db_dir) == manifest  # no index was rebuilt from what could still be read
+
+
+# ---------------------------------------------------------------- the server, as a client sees it
+
+
+def test_a_server_on_damaged_index_files_and_a_full_disk_starts_serves_and_reports_degraded(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from retrieval.compose import run_index
+    from retrieval.demo import write_collection
+    from retrieval.encoders.factory import STARTER_DIR
+    from retrieval.settings import ServerSettings, Settings
+
+    if not (STARTER_DIR / "xmodal_model.json").is_file():
+        pytest.skip("the starter weights are not in this checkout")
+    write_collection(tmp_path / "media", images=12, sounds=0, seed=8, concepts=12)
+    settings = Settings(db_dir=tmp_path / "db", model="starter", workers=1)
+    run_index(settings, [tmp_path / "media"])
+    image_file = tmp_path / "db" / INDEX_DIR / load_manifest(tmp_path / "db").indexes["image"].file
+    image_file.write_bytes(b"\0" * image_file.stat().st_size)  # same size, wrong bytes: only the checksum knows
+    disk = FailingDisk(monkeypatch, errno.ENOSPC)
+
+    app = create_app(Settings(db_dir=tmp_path / "db"), ServerSettings(reload_seconds=0.1))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and health["index"] == "unsaved"
+        answer = client.post("/search/text", json={"query": "a big red circle on grey", "k": 3})
+        assert answer.status_code == 200 and len(answer.json()["results"]) == 3  # rebuilt in memory
+
+        monkeypatch.setattr(disk, "nth", 0)  # space again; the next `xmodal index` saves a good generation
+        with WriterLock(tmp_path / "db"), Collection.open(tmp_path / "db", None, writable=True) as writer:
+            assert writer.status.state == "rebuilt"
+        deadline = time.monotonic() + 10
+        while client.get("/health").json()["status"] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/health").json() == {"status": "ok", "generation": load_manifest(tmp_path / "db").generation,
+                                                "index": "loaded"}
