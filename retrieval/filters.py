@@ -24,21 +24,42 @@ def parse_time(text: str, end: bool = False) -> int:
     range (`end`), the midnight after it, so `--until 2024-12-31` includes that whole day. A time
     without an offset is local time, as file managers show modification times.
 
+    Dates beyond what a file time can be (int64 nanoseconds: 1677 to 2262) clamp to that range, so
+    `--until 9999-12-31` means "no end" and `--since 0001-01-01` "no start".
+
     Raises:
         QueryError: not an ISO date (YYYY-MM-DD) or date-time.
     """
     text = text.strip()
     try:
         if len(text) == 10:
-            day = dt.date.fromisoformat(text) + dt.timedelta(days=1 if end else 0)
+            day = dt.date.fromisoformat(text)
             moment = dt.datetime.combine(day, dt.time())
+            if end:
+                if day == dt.date.max:
+                    return _NS_MAX  # the midnight after 9999-12-31 is no date at all
+                moment += dt.timedelta(days=1)
         else:
             moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise QueryError(f"{text!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM]") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    return _epoch_ns(moment)
+
+
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1  # the store keeps modification times as int64 nanoseconds
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _epoch_ns(moment: dt.datetime) -> int:
+    """Exact integer nanoseconds (a float timestamp truncated towards zero put times before 1970
+    a second late), clamped to what a file time can be."""
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # local time
+        micros = (moment - _EPOCH) // dt.timedelta(microseconds=1)
+    except (OverflowError, ValueError):  # hours from year 1 or 9999 in local time: far outside file times
+        return _NS_MIN if moment.year < 1970 else _NS_MAX
+    return min(max(micros * 1000, _NS_MIN), _NS_MAX)
 
 
 def normalise_types(types: list[str]) -> tuple[str, ...]:

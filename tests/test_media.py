@@ -521,13 +521,21 @@ def test_resampling_gives_the_target_length_and_keeps_the_pitch():
     assert np.abs(wave).max() == pytest.approx(0.5, abs=0.02)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_float_samples_are_corrupt(bad):
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e20, -3e5])
+def test_non_finite_or_absurd_float_samples_are_corrupt(bad):
+    """A float WAV with samples of 1e20 used to decode into NaN log-mel features (the power
+    overflows float32), which would have put a NaN vector into the index. Found by tests/test_fuzz.py."""
     samples = sine(440, RATE, 0.5)
     samples[1000] = bad
     data = encode_sound(samples, RATE, "WAV", "FLOAT")
     error = _error_of(lambda: load_audio(data, "wav", LIMITS, RATE))
     assert error.error_class is ErrorClass.CORRUPT
+
+
+def test_loud_float_audio_over_full_scale_is_kept():
+    samples = sine(440, RATE, 0.5, amplitude=4.0)  # clipped-in-float masters go a few times over 1.0
+    wave, _info = load_audio(encode_sound(samples, RATE, "WAV", "FLOAT"), "wav", LIMITS, RATE)
+    assert np.abs(wave).max() > 3.5
 
 
 @pytest.mark.parametrize("sound_format, subtype, rate", [
@@ -631,3 +639,29 @@ def test_failed_outcome_survives_pickling(hostile):
     copy = pickle.loads(pickle.dumps(prepared))
     assert copy.status == FAILED
     assert copy.error.error_class is ErrorClass.TRUNCATED and copy.error.message == prepared.error.message
+
+
+@pytest.mark.parametrize("seconds", [0.5, 9.0])  # under one read block, and across several
+def test_flac_of_unknown_length_decodes_whole(seconds):
+    """A streaming encoder (ffmpeg writing to a pipe) leaves STREAMINFO's length at 0. libsndfile
+    decodes such a file, but soundfile fails to seek past its last frame: it used to come out
+    CORRUPT (shorter than one block) or TRUNCATED."""
+    wave = sine(440, 22_050, seconds)
+    known = encode_sound(np.stack([wave, wave * 0.5], axis=1), 22_050, "FLAC", "PCM_16")
+    expected, expected_info = load_audio(known, "flac", MediaLimits(), RATE)
+    got, info = load_audio(set_flac_total_samples(known, 0), "flac", MediaLimits(), RATE)
+    assert info == expected_info and info.duration == pytest.approx(seconds)
+    np.testing.assert_array_equal(got, expected)
+    assert dominant_frequency(got, RATE) == pytest.approx(440, abs=5)
+
+
+def test_decoding_in_blocks_matches_decoding_at_once():
+    """Mixing to mono and resampling block by block (bounded memory) gives the samples that one
+    resampling of the whole mono signal gives."""
+    from retrieval.media.audio import resample
+
+    stereo = np.stack([synth_sound(_rng(4), 44_100, 4.0), synth_sound(_rng(5), 44_100, 4.0)], axis=1)
+    data = encode_sound(stereo, 44_100, "WAV", "FLOAT")
+    got, _info = load_audio(data, "wav", MediaLimits(), RATE)
+    whole = resample(stereo.astype(np.float32).mean(axis=1, dtype=np.float32), 44_100, RATE)
+    np.testing.assert_allclose(got, whole, atol=1e-6)

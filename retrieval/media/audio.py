@@ -1,7 +1,11 @@
 """Decode audio safely through libsndfile only (WAV, FLAC, OGG, MP3; never a silent ffmpeg
 fallback): the duration is judged from the header before any sample is decoded, the read itself is
 bounded too (headers lie), truncation is detected, channels are averaged to mono and the result is
-resampled with soxr to the model's rate."""
+resampled with soxr to the model's rate.
+
+Decoding is streamed block by block (mix to mono, resample, keep only the result), so memory
+follows the cap at the model's rate, not the file's rate and channel count: a 40 KB FLAC of
+silence declaring 8 channels at 384 kHz would otherwise expand to gigabytes before the cap ends it."""
 
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ from retrieval.media.limits import MediaLimits
 _MAX_SAMPLE_RATE = 768_000
 _MAX_CHANNELS = 64
 _BLOCK_FRAMES = 1 << 16
+# Float WAV samples are nominally within -1..1. Values 80 dB above that are no recording but damage,
+# and past ~1e18 their power overflows float32 in the log-mel features: NaN vectors in the index.
+_MAX_SAMPLE_MAGNITUDE = 1e4
 _STREAMING_SIZES = (0, 0xFFFFFFFF)  # writers that could not seek back leave these placeholders
 
 
@@ -55,16 +62,12 @@ def load_audio(
                     ErrorClass.TOO_LONG,
                     f"{declared / rate:.1f} s exceeds the cap of {limits.max_audio_seconds:.0f} s",
                 )
-            samples = _read_bounded(sound, max_frames, declared)
+            wave, frames = _read_bounded(sound, max_frames, declared, target_rate)
     except MediaError:
         raise
     except (RuntimeError, ValueError, TypeError, OSError, EOFError) as error:
         raise MediaError(ErrorClass.CORRUPT, f"cannot decode audio ({_clean(error)})") from None
-    mono = samples.mean(axis=1, dtype=np.float32)  # (frames,)
-    if not np.isfinite(mono).all():
-        raise MediaError(ErrorClass.CORRUPT, "audio contains NaN or infinite samples")
-    info = AudioInfo(len(mono) / rate, rate, channels, audio_format)
-    return resample(mono, rate, target_rate), info
+    return wave, AudioInfo(frames / rate, rate, channels, audio_format)
 
 
 def resample(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
@@ -76,30 +79,60 @@ def resample(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return soxr.resample(wave, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def _read_bounded(sound, max_frames: int, declared: int) -> np.ndarray:
-    """Read at most `max_frames` (+1 to notice excess), classifying early ends as truncation."""
-    blocks: list[np.ndarray] = []
+def _read_bounded(sound, max_frames: int, declared: int, target_rate: int) -> tuple[np.ndarray, int]:
+    """Read at most `max_frames` (+1 to notice excess) block by block, mixed to mono and resampled
+    as they come: (mono float32 at `target_rate`, frames read). Early ends are truncation."""
+    import soxr
+
+    known_length = 0 < declared < (1 << 62)
+    stream = None if sound.samplerate == target_rate else soxr.ResampleStream(
+        sound.samplerate, target_rate, 1, dtype="float32", quality="HQ")
+    block = np.empty((_BLOCK_FRAMES, sound.channels), dtype=np.float32)
+    pieces: list[np.ndarray] = []
     total = 0
-    try:
-        while total <= max_frames:
-            block = sound.read(min(_BLOCK_FRAMES, max_frames + 1 - total), dtype="float32", always_2d=True)
-            if len(block) == 0:
-                break
-            blocks.append(block)
-            total += len(block)
-    except (RuntimeError, ValueError) as error:
-        if total == 0:
-            raise
-        expected = f" of {declared / sound.samplerate:.2f} s declared" if 0 < declared < (1 << 62) else ""
-        raise MediaError(
-            ErrorClass.TRUNCATED,
-            f"audio data ends early after {total / sound.samplerate:.2f} s{expected} ({_clean(error)})",
-        ) from None
+    while total <= max_frames:
+        wanted = min(_BLOCK_FRAMES, max_frames + 1 - total)
+        got, ended = _read_block(sound, block[:wanted], known_length, total, declared)
+        if got == 0:
+            break
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as inf, refused just below
+            mono = block[:got].mean(axis=1, dtype=np.float32)  # (got,)
+        if not np.isfinite(mono).all():
+            raise MediaError(ErrorClass.CORRUPT, "audio contains NaN or infinite samples")
+        peak = float(np.abs(block[:got]).max())
+        if peak > _MAX_SAMPLE_MAGNITUDE:
+            raise MediaError(ErrorClass.CORRUPT, f"sample values up to {peak:.3g}, far outside the -1..1 of audio")
+        pieces.append(stream.resample_chunk(mono) if stream is not None else mono)
+        total += got
+        if ended:
+            break
     if total > max_frames:
         raise MediaError(ErrorClass.TOO_LONG, f"longer than the cap of {max_frames / sound.samplerate:.0f} s")
     if total == 0:
         raise MediaError(ErrorClass.CORRUPT, "no audio samples")
-    return np.concatenate(blocks)
+    if stream is not None:
+        pieces.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return np.concatenate(pieces), total
+
+
+def _read_block(sound, out: np.ndarray, known_length: bool, total: int, declared: int) -> tuple[int, bool]:
+    """Fill `out` from `sound`: (frames read, whether the stream ended with an error)."""
+    out[:, 0] = np.nan  # marks the rows libsndfile did not write (it never decodes a NaN in column 0 of a
+    try:                # FLAC, MP3 or Vorbis frame, and a float WAV's NaN is refused anyway)
+        return len(sound.read(len(out), dtype="float32", always_2d=True, out=out)), False
+    except (RuntimeError, ValueError) as error:
+        got = int(np.argmax(np.isnan(out[:, 0]))) if np.isnan(out[:, 0]).any() else len(out)
+        if not known_length and got + total > 0:
+            # A stream of unknown length (a FLAC from a pipe): libsndfile reads its last frames, then
+            # soundfile fails to seek past them. That is the end of the stream, not damage.
+            return got, True
+        if total == 0:
+            raise
+        expected = f" of {declared / sound.samplerate:.2f} s declared" if known_length else ""
+        raise MediaError(
+            ErrorClass.TRUNCATED,
+            f"audio data ends early after {total / sound.samplerate:.2f} s{expected} ({_clean(error)})",
+        ) from None
 
 
 def _check_wav_length(data: bytes) -> None:
