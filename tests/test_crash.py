@@ -167,7 +167,7 @@ def crash_stream_repeatedly(db: Path, kills: int, seed: int) -> AckLedger:
     rng = np.random.default_rng(seed)
     ledger = AckLedger()
     for number in range(kills):
-        run = run_stream_and_kill(db, seed * 1000 + number, rng)
+        run = run_stream_and_kill(db, seed * 1_000_000 + number, rng)  # one seed, and item names, per run
         assert run.killed, f"the streaming writer ended by itself (exit {run.returncode}):\n{run.stderr[-3000:]}"
         interrupted = ledger.read(run.output)
         check_after_kill(db, ledger, interrupted)

@@ -70,6 +70,7 @@ class AckLedger:
                 plan = plans[txn]
                 plan.partly_acked = True
                 if action == "add":
+                    assert path not in self.deleted and path not in self.live, f"the writer reused the name {path}"
                     assert int(item_id) not in self.ids_seen, f"item id {item_id} handed out twice"
                     self.ids_seen.add(int(item_id))
                     self.live[path] = int(item_id)

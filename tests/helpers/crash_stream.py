@@ -1,5 +1,6 @@
 """`python -m tests.helpers.crash_stream DB_DIR SEED`: a writer that adds and deletes items forever,
-for the kill -9 test of the store and the index (tests/test_crash.py).
+for the kill -9 test of the store and the index (tests/test_crash.py). SEED must be unique to the
+run: it names the items, so no name is ever added again after its deletion.
 
 It works like `xmodal index` without media: it takes the writer lock, opens the collection as a
 writer (which repairs whatever the previous, killed writer left), then commits small transactions
@@ -80,7 +81,7 @@ def main(db_dir: str, seed: int) -> None:
     last_save = time.monotonic()
     save_every = float(rng.uniform(0.05, 0.3))
     for number in range(1_000_000_000):
-        txn = f"{os.getpid()}.{number}"
+        txn = f"{seed}.{number}"  # the seed is unique per run (pids are reused after a few thousand kills)
         live = collection.store.items_under([PREFIX])
         deletes: list = []
         if live and rng.random() < len(live) / (2 * TARGET_ITEMS):
