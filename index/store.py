@@ -129,6 +129,9 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
+        if self.readonly and version == 0:  # created by a writer killed before its first commit
+            raise StoreError(f"no collection at {self.path.parent} yet (run `xmodal index FOLDER --db "
+                             f"{self.path.parent}` first)")
         if self.readonly:
             raise StoreError(f"{self.path} needs a schema upgrade; run `xmodal index` on it once")
         for number in range(version, SCHEMA_VERSION):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from index.collection import INDEX_DIR, STORE_NAME, Collection
-from index.errors import DatabaseCorruptError, StorageFullError
+from index.errors import DatabaseCorruptError, StorageFullError, StoreError
 from index.lock import WriterLock
 from index.manifest import MANIFEST_NAME, load_manifest
 from index.records import MODALITIES
@@ -252,3 +252,13 @@ def test_a_server_on_damaged_index_files_and_a_full_disk_starts_serves_and_repor
             time.sleep(0.1)
         assert client.get("/health").json() == {"status": "ok", "generation": load_manifest(tmp_path / "db").generation,
                                                 "index": "loaded"}
+
+
+def test_a_database_file_left_before_its_schema_is_called_empty_not_outdated(tmp_path):
+    # What a first `xmodal index` killed within its first milliseconds leaves: an empty SQLite file.
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / STORE_NAME).write_bytes(b"")
+    with pytest.raises(StoreError, match="no collection at .* yet .*xmodal index FOLDER"):
+        Collection.open(tmp_path / "db", None, writable=False)
+    with Collection.open(tmp_path / "db", ENCODER, writable=True) as writer:  # the next run just starts
+        assert writer.status.state == "rebuilt" and writer.count("image") == 0

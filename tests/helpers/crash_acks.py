@@ -23,6 +23,7 @@ import numpy as np
 
 from index.atomic import sha256_file
 from index.collection import INDEX_DIR, Collection, read_encoder_identity
+from index.errors import StoreError
 from index.manifest import load_manifest
 from index.records import MODALITIES
 from index.vector_index import VectorIndex
@@ -178,7 +179,12 @@ def _settle(ledger: AckLedger, interrupted: Interrupted, stored: dict[str, int])
 def check_after_kill(db: Path, ledger: AckLedger, interrupted: Interrupted) -> None:
     """Open the collection as a server would, and check it against everything acknowledged."""
     check_saved_generation(db)
-    if read_encoder_identity(db) is None:  # killed before the first writer recorded its encoder
+    try:
+        identity = read_encoder_identity(db)
+    except StoreError as error:  # killed between creating the database file and its schema
+        assert "no collection" in str(error) and not ledger.live, error
+        return
+    if identity is None:  # killed before the first writer recorded its encoder
         assert not ledger.live and not interrupted.adds, "acknowledged items but no collection"
         return
     with Collection.open(db, None, writable=False) as reader:
