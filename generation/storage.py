@@ -43,10 +43,13 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> FlowUNet
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    found = sorted(folder.iterdir()) if folder.is_dir() else []
+    pickles = [path.name for path in found if path.suffix.lower() in _PICKLE_SUFFIXES]
+    hint = f" (found {', '.join(pickles)}: pickles are never loaded)" if pickles else ""
     if not (folder / CONFIG_NAME).is_file():
-        pickles = sorted(p.name for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES) if folder.is_dir() else []
-        hint = f" (found {', '.join(pickles)}: pickles are never loaded)" if pickles else ""
         raise GeneratorLoadError(f"no generator in {folder}: {CONFIG_NAME} is missing{hint}")
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise GeneratorLoadError(f"no generator weights in {folder}: {WEIGHTS_NAME} is missing{hint}")
     try:
         config = GeneratorConfig.from_json((folder / CONFIG_NAME).read_text())
     except (ValueError, TypeError) as error:
@@ -54,8 +57,8 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> FlowUNet
     model = FlowUNet(config)
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
-    except (OSError, SafetensorError) as error:
-        raise GeneratorLoadError(f"{folder / WEIGHTS_NAME} is missing or damaged: {error}") from None
+    except (OSError, SafetensorError) as error:  # a pickle renamed .safetensors fails here, unexecuted
+        raise GeneratorLoadError(f"{folder / WEIGHTS_NAME} is damaged or not a safetensors file: {error}") from None
     try:
         model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
     except RuntimeError as error:

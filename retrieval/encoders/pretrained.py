@@ -3,6 +3,10 @@
 Offline, Hugging Face's client retries for ~25 s before failing; we look in the cache first and,
 if the weights are not there, probe the hub with a 3 s timeout so the user gets one clear line
 instead of a long wait and a traceback.
+
+Only `.safetensors` checkpoints are used, as for model directories: open_clip would torch.load a
+cached `open_clip_pytorch_model.bin` (a pickle; weights_only narrows what it may build, but a
+pickle is still executed by an unpickler), so such files are neither looked up nor loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import threading
 from urllib.parse import urlparse
 
 from retrieval.encoders.config import ImagePreprocess
-from retrieval.errors import ModelNotFoundError, WeightsUnavailableError
+from retrieval.errors import ModelLoadError, ModelNotFoundError, WeightsUnavailableError
 
 _PROBE_TIMEOUT_SECONDS = 3.0
 
@@ -53,9 +57,12 @@ def load_pretrained_clip(spec: str):
                 f"--model starter or a model directory"
             )
         try:
-            checkpoint = open_clip.download_pretrained(cfg)
+            checkpoint = open_clip.download_pretrained(cfg)  # tries the .safetensors alternative first
         except Exception as error:  # any transport failure is the same story for the user
             raise WeightsUnavailableError(f"downloading {spec} failed: {error}") from None
+        if not str(checkpoint).endswith(".safetensors"):
+            raise ModelLoadError(f"{spec} is published only as a pickle checkpoint ({os.path.basename(checkpoint)}), "
+                                 f"which xmodal never loads: pickles can execute code")
     model = open_clip.create_model(arch, pretrained=checkpoint, force_quick_gelu=bool(cfg.get("quick_gelu")))
     image_size = model.visual.image_size
     size = image_size if isinstance(image_size, int) else image_size[0]
@@ -68,24 +75,24 @@ def load_pretrained_clip(spec: str):
 
 
 def cached_checkpoint(cfg: dict) -> str | None:
-    """The local path of a pretrained checkpoint if open_clip's cache already holds it."""
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
+    """The local path of a pretrained `.safetensors` checkpoint if the Hugging Face cache holds it.
 
-        repo_id, filename = os.path.split(hub)  # "org/name/" means the default file, as in open_clip
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        if filename.endswith((".bin", ".pth")):
-            names.insert(0, filename[:-4] + ".safetensors")
-        for name in names:
-            found = try_to_load_from_cache(repo_id, name)
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
+    Pickle checkpoints in the cache (`open_clip_pytorch_model.bin`, the `.pt` files of OpenAI's
+    URLs) do not count: they are never loaded.
+    """
+    hub = cfg.get("hf_hub", "")
+    if not hub:
         return None
-    url = cfg.get("url", "")
-    if url:
-        path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(urlparse(url).path))
-        return path if os.path.isfile(path) else None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, filename = os.path.split(hub)  # "org/name/" means the default file, as in open_clip
+    stem = os.path.splitext(filename)[0] if filename else "open_clip_pytorch_model"
+    # open_clip's own safetensors alternatives of a pickle's name (open_clip.pretrained._get_safe_alternatives)
+    names = [stem.replace("pytorch_model", "model") + ".safetensors", stem + ".safetensors"]
+    for name in dict.fromkeys(names):
+        found = try_to_load_from_cache(repo_id, name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
     return None
 
 
