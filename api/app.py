@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -35,7 +36,14 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
         ServerSettingsError: unsafe server settings (an open address without an API key).
     """
     settings = settings or load_settings()
+    from_environment = server is None
     server = (server or load_server_settings()).checked()
+    # Only the key's digest outlives this function: the plain key leaves the settings the service
+    # keeps and the environment `xmodal serve` handed it over in, so no dump of either shows it.
+    key_hash = hash_key(server.api_key) if server.api_key else None
+    server = replace(server, api_key=None)
+    if from_environment:
+        os.environ.pop("XMODAL_API_KEY", None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,6 +72,7 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
         redoc_url=None,
     )
     app.state.xmodal = None
+    app.state.key_hash = key_hash
     install_error_handlers(app)
     app.include_router(search.router)
     app.include_router(items.router)
@@ -73,7 +82,7 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
     install_docs(app)
     # Starlette runs the last added outermost: hosts first, then the key, then the body limit.
     app.add_middleware(BodyLimit, upload_limit=server.max_upload_bytes)
-    app.add_middleware(KeyGuard, key_hash=hash_key(server.api_key) if server.api_key else None)
+    app.add_middleware(KeyGuard, key_hash=key_hash)
     if server.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -34,6 +34,8 @@ def serve(
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Origin allowed to call the API from a "
                                                                     "browser (repeatable; default: none)."),
     max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", min=0.01, help="Largest upload, in MiB."),
+    max_active_searches: int = typer.Option(32, "--max-active-searches", min=1,
+                                            help="Searches answered at once; more are told to retry (429)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: warning, info, debug."),
 ) -> None:
     """Serve the search API and the web page for one collection (http://127.0.0.1:8000 by default)."""
@@ -42,7 +44,8 @@ def serve(
 
     settings = load_settings(db=db, model=model, generator=generator)
     server = ServerSettings(host=host, port=port, api_key=api_key or None, allowed_hosts=tuple(allowed_host),
-                            cors_origins=tuple(cors_origin), max_upload_bytes=int(max_upload_mb * 2**20))
+                            cors_origins=tuple(cors_origin), max_upload_bytes=int(max_upload_mb * 2**20),
+                            max_active_searches=max_active_searches)
     try:
         server.checked()
     except ServerSettingsError as error:

@@ -80,6 +80,17 @@ def _embed_decoded(encoder: Encoder, decoded: Decoded) -> np.ndarray:
     return encoder.embed_log_mels([decoded.log_mel], [decoded.info.duration])[0].pooled
 
 
+class _OnBatcher:
+    """The parts of an encoder that verifying a drawing uses, run on the batcher's thread."""
+
+    def __init__(self, batcher: QueryBatcher, encoder: Encoder) -> None:
+        self.inputs = encoder.inputs
+        self._batcher = batcher
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self._batcher.run(lambda encoder: encoder.encode_pixels(pixels))
+
+
 def check_k(k: int) -> int:
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
@@ -259,10 +270,11 @@ class SearchEngine:
         found = store.find(image_id)
         if found is not None:
             return found[1], found[0]
-        if self.batcher is not None:
-            made = self.batcher.run(lambda encoder: generate_verified(generator, encoder, vector, seed=seed, text=text))
-        else:
-            made = generate_verified(generator, self.encoder, vector, seed=seed, text=text)
+        # Sampling runs on this thread; only the verification's image encoding takes the encoder's
+        # thread. A picture costs about a second of sampling: on the encoder's thread, every query
+        # behind it would wait that long (a server bounds how many draw at once: api/generation.py).
+        encoder = self.encoder if self.batcher is None else _OnBatcher(self.batcher, self.encoder)
+        made = generate_verified(generator, encoder, vector, seed=seed, text=text)
         provenance = new_provenance(image_id, kind, value, seed, self.encoder.identity.spec, generator.name,
                                     made.score)
         return provenance, store.save(made.pixels, provenance)

@@ -55,3 +55,23 @@ def test_no_5xx_and_every_response_matches_the_schema(api_schema, mode):
     check()
     # Every operation was exercised, uploads included.
     assert {"POST /search/text", "POST /search/image", "POST /search/audio", "GET /items/{item_id}/media"} <= seen
+
+
+def test_stateful_runs_follow_the_links_with_no_5xx(api_schema):
+    """Sequences built from the OpenAPI links (a search's first hit -> its item, file, thumbnail,
+    more like it; its generated picture): every step must answer per the schema, never a 5xx."""
+    seen: list[tuple[str, int]] = []
+
+    class Workflow(api_schema.as_state_machine()):
+        def after_call(self, response, case):
+            seen.append((f"{case.method} {case.path}", response.status_code))
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, excluded_checks=[positive_data_acceptance], transport_kwargs=kwargs)
+
+    Workflow.run(settings=settings(max_examples=40, stateful_step_count=5, deadline=None, derandomize=True,
+                                   database=None, suppress_health_check=list(HealthCheck)))
+    # Random ids almost never name one of the 22 items: a file served means a link was followed.
+    served = {step for step, status in seen if status == 200}
+    assert {"GET /items/{item_id}/media", "GET /items/{item_id}/thumbnail"} & served, sorted(set(seen))
+    assert "POST /search/item" in served

@@ -29,8 +29,19 @@ from retrieval.engine import MAX_K, SearchResult
 
 router = APIRouter(prefix="/search", tags=["search"])
 
-_SEARCH_ERRORS = error_responses(400, 401, 422, 429, 503)
-_UPLOAD_ERRORS = error_responses(400, 401, 413, 415, 422, 429, 503)
+# OpenAPI links: what a client (and schemathesis' stateful run) can do next with an answer.
+_FIRST_ID = "$response.body#/results/0/id"
+_LINKS = {200: {"description": "Ranked items, the match decision and any generated picture.", "links": {
+    "GetFirstItem": {"operationRef": "#/paths/~1items~1{item_id}/get", "parameters": {"item_id": _FIRST_ID}},
+    "GetFirstMedia": {"operationRef": "#/paths/~1items~1{item_id}~1media/get", "parameters": {"item_id": _FIRST_ID}},
+    "GetFirstThumbnail": {"operationRef": "#/paths/~1items~1{item_id}~1thumbnail/get",
+                          "parameters": {"item_id": _FIRST_ID}},
+    "MoreLikeTheFirst": {"operationRef": "#/paths/~1search~1item/post", "requestBody": {"id": _FIRST_ID}},
+    "GetGenerated": {"operationRef": "#/paths/~1generated~1{image_id}/get",
+                     "parameters": {"image_id": "$response.body#/generated/id"}},
+}}}
+_SEARCH_ERRORS = {**error_responses(400, 401, 422, 429, 503), **_LINKS}
+_UPLOAD_ERRORS = {**error_responses(400, 401, 413, 415, 422, 429, 503), **_LINKS}
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 KField = Annotated[int, Form(ge=1, le=MAX_K, description="How many results.")]
@@ -123,7 +134,7 @@ def search_audio(file: UploadField, state: State, k: KField = 10, modality: Targ
     return _search_upload(state, file, "audio", k, modality, min_confidence, generate, filters)
 
 
-@router.post("/item", response_model=SearchResponse, responses=error_responses(401, 404, 422, 429, 503))
+@router.post("/item", response_model=SearchResponse, responses={**error_responses(401, 404, 422, 429, 503), **_LINKS})
 def search_item(query: ItemQuery, state: State) -> dict:
     """More like this: search with an indexed item's own vector."""
     started = time.perf_counter()

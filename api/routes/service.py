@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from api.deps import State
@@ -31,7 +31,7 @@ def health(state: State) -> dict:
 
 
 @router.get("/info", response_model=InfoResponse, responses=error_responses(401, 503))
-def info(state: State) -> dict:
+def info(state: State, request: Request) -> dict:
     """The model, counts per modality, index specs and the service's limits."""
     from retrieval.compose import collection_info
 
@@ -39,7 +39,7 @@ def info(state: State) -> dict:
     limits = state.settings.limits
     return {"model": details.model, "dim": details.dim, "items": details.items, "vectors": details.vectors,
             "index_specs": details.index_specs, "generation": state.engine.collection.generation,
-            "index_current": details.index_current, "auth": state.server.api_key is not None,
+            "index_current": details.index_current, "auth": request.app.state.key_hash is not None,
             "limits": {"max_upload_bytes": state.server.max_upload_bytes, "max_k": MAX_K,
                        "max_query_chars": MAX_QUERY_CHARS, "max_audio_seconds": limits.max_audio_seconds,
                        "max_image_pixels": limits.max_image_pixels}}

@@ -23,25 +23,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_collection(db_dir: Path, *extra_args: str, timeout: float = 120.0,
-                     env: dict[str, str] | None = None) -> Iterator[str]:
+def serve_collection(db_dir: Path, *extra_args: str, timeout: float = 120.0, env: dict[str, str] | None = None,
+                     log_file: Path | None = None) -> Iterator[str]:
     """Start `xmodal serve --db DB_DIR` and yield its base URL once /health answers; stop it after.
+
+    Args:
+        log_file: where the server's output goes (for tests that read its log); default a pipe.
 
     Raises:
         RuntimeError: the server exited or did not answer within `timeout` (its output is included).
     """
     port = free_port()
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    command = [sys.executable, "-m", "cli", "serve", "--db", str(db_dir), "--port", str(port),
-               "--log-level", "warning", *extra_args]
-    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    level = [] if "--log-level" in extra_args else ["--log-level", "warning"]
+    command = [sys.executable, "-m", "cli", "serve", "--db", str(db_dir), "--port", str(port), *level, *extra_args]
+    output = open(log_file, "w") if log_file is not None else subprocess.PIPE  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=output, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"xmodal serve exited with {process.returncode}:\n{process.stdout.read()}")
+                said = process.stdout.read() if log_file is None else Path(log_file).read_text()
+                raise RuntimeError(f"xmodal serve exited with {process.returncode}:\n{said}")
             try:
                 with urllib.request.urlopen(base + "/health", timeout=2) as response:
                     if response.status == 200:
@@ -59,3 +63,5 @@ def serve_collection(db_dir: Path, *extra_args: str, timeout: float = 120.0,
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if log_file is not None:
+            output.close()
