@@ -193,6 +193,31 @@ def bench_api(
     _emit(report, json_out)
 
 
+@bench_app.command("load")
+@translate_errors
+def bench_load(
+    work: Path = typer.Option(..., "--work", help="An empty folder for the collection, its growth and the server log."),
+    seconds: float = typer.Option(180.0, "--seconds", min=5, help="How long to send queries."),
+    clients: int = typer.Option(8, "--clients", "-c", min=1, max=256, help="Concurrent HTTP clients."),
+    images: int = typer.Option(240, "--images", min=8, help="Pictures in the collection at the start."),
+    sounds: int = typer.Option(120, "--sounds", min=4, help="Sounds in the collection at the start."),
+    batch: int = typer.Option(12, "--batch", min=2, help="Files added per indexing round while serving."),
+    json_out: Path | None = JsonOutOption,
+) -> None:
+    """Mixed text, image and audio queries against `xmodal serve` while `xmodal index` adds files:
+    p50/p95/p99 per kind, status counts, 5xx and files lost (exit 1 unless both are zero)."""
+    from retrieval.bench.load_bench import run_load_benchmark
+
+    if work.exists() and any(work.iterdir()):
+        raise typer.BadParameter(f"{work} is not empty", param_hint="--work")
+    work.mkdir(parents=True, exist_ok=True)
+    report = run_load_benchmark(work, seconds, clients, images, sounds, batch,
+                                say=lambda line: output.stderr.print(line, highlight=False))
+    _emit(report, json_out)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 @bench_app.command("generate")
 @translate_errors
 def bench_generate(
