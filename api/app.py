@@ -22,11 +22,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
-from api.middleware import BodyLimit, HostGuard, KeyGuard, SecurityHeaders, hash_key
+from api.middleware import BodyLimit, HostGuard, KeyGuard, SearchQueue, SecurityHeaders, hash_key
 from api.routes import generated, items, search, service
 from api.routes.docs import install_docs
 from api.schemas import error_responses
 from retrieval.settings import ServerSettings, Settings, load_server_settings, load_settings
+
+SEARCH_QUEUE_FACTOR = 4  # searches that may wait for a turn, per search running (api/middleware.SearchQueue)
 
 
 def create_app(settings: Settings | None = None, server: ServerSettings | None = None) -> FastAPI:
@@ -80,7 +82,8 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
     app.include_router(service.router)
     app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
     install_docs(app)
-    # Starlette runs the last added outermost: hosts first, then the key, then the body limit.
+    # Starlette runs the last added outermost: hosts first, then the key, the body limit, the line.
+    app.add_middleware(SearchQueue, limit=SEARCH_QUEUE_FACTOR * server.max_active_searches)
     app.add_middleware(BodyLimit, upload_limit=server.max_upload_bytes)
     app.add_middleware(KeyGuard, key_hash=key_hash)
     if server.cors_origins:

@@ -138,6 +138,34 @@ class KeyGuard:
         await self.app(scope, receive, send)
 
 
+class SearchQueue:
+    """At most `limit` search requests inside the service at once, from first byte to last; the
+    next is told to come back (429, Retry-After) before its body is read or a thread is taken.
+
+    Why: searches are admitted to run by ServerState.admission, inside FastAPI's thread pool, and
+    the line in front of the pool has no end: every request of a flood waits there for a thread,
+    and a search that arrives behind them waits for all of them. This bounds that line. It is a few times the admission
+    limit, so that a burst still queues briefly and a few slow uploads cannot fill it.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0  # only the event loop's thread touches it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/search/"):
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            return await send_error(send, 429, f"too many searches waiting ({self.limit}); retry in a second",
+                                    [(b"retry-after", b"1")])
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 class _TooLarge(Exception):
     pass
 

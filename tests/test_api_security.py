@@ -250,6 +250,47 @@ def test_a_search_flood_gets_429_with_retry_after_and_never_a_5xx(server):
     assert _raw(server, "GET", "/health")[0] == 200
 
 
+def test_the_line_in_front_of_the_searches_is_bounded():
+    """Past the limit, a search is refused at once (before its body or a thread), and the line
+    frees as searches finish; other routes never queue there."""
+    from api.middleware import SearchQueue
+
+    release = asyncio.Event()
+
+    async def slow_search(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    gate = SearchQueue(slow_search, limit=3)
+
+    async def call(path: str) -> tuple[int, dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await gate({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def scenario():
+        waiting = [asyncio.create_task(call("/search/text")) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        refused, headers = await call("/search/image")
+        health = asyncio.create_task(call("/health"))  # not a search: never counted, never refused
+        await asyncio.sleep(0.01)
+        release.set()
+        answered = [status for status, _ in await asyncio.gather(*waiting, health)]
+        return refused, headers, answered, (await call("/search/text"))[0]
+
+    refused, headers, answered, later = asyncio.run(scenario())
+    assert refused == 429 and headers[b"retry-after"] == b"1"
+    assert answered == [200, 200, 200, 200] and later == 200 and gate.active == 0
+
+
 async def _saturate_generation(base: str, flooders: int, unloaded_samples: int, loaded_samples: int) -> dict:
     import httpx
 
