@@ -28,6 +28,9 @@ def serve(
     port: int = typer.Option(8000, "--port", envvar="XMODAL_PORT", min=1, max=65535),
     api_key: str | None = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY", show_default=False,
                                        help="Require `Authorization: Bearer KEY` (at least 16 characters)."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", envvar="XMODAL_API_KEY_FILE",
+                                             help="Read the key from this file's first line instead: a key on "
+                                                  "the command line is visible to every local user (ps)."),
     allowed_host: list[str] = typer.Option([], "--allowed-host",
                                            help="Host name to answer to besides the loopback names and the "
                                                 "bind address (repeatable). '*' accepts any."),
@@ -43,6 +46,10 @@ def serve(
     from retrieval.settings import ServerSettings, ServerSettingsError, load_settings
 
     settings = load_settings(db=db, model=model, generator=generator)
+    if api_key_file is not None:
+        if api_key:
+            raise fail("give --api-key or --api-key-file, not both", EXIT_USAGE)
+        api_key = _read_key(api_key_file)
     server = ServerSettings(host=host, port=port, api_key=api_key or None, allowed_hosts=tuple(allowed_host),
                             cors_origins=tuple(cors_origin), max_upload_bytes=int(max_upload_mb * 2**20),
                             max_active_searches=max_active_searches)
@@ -64,3 +71,13 @@ def serve(
                         f"{details.db_dir} at http://{shown}:{port}", highlight=False)
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level=log_level,
                 proxy_headers=False, server_header=False, timeout_graceful_shutdown=10)
+
+
+def _read_key(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"cannot read the API key file {path}: {error}", EXIT_USAGE) from None
+    if not lines or not lines[0].strip():
+        raise fail(f"the API key file {path} is empty", EXIT_USAGE)
+    return lines[0].strip()

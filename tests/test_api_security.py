@@ -1,7 +1,7 @@
 """The API under attack, against the real `xmodal serve` process on a loopback socket: a path
 traversal corpus on every route, DNS-rebinding Host headers, request floods on searches and on
 generation, and an API key that is never logged (the server runs at uvicorn's `trace` level, the
-most it can say) and kept in memory only as its digest."""
+most it can say) and kept in memory only as its digest; given in a file, it is on no command line."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def site(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def server(site):
-    args = ("--api-key", KEY, "--log-level", "trace", "--max-active-searches", "16")
+    key_file = site["root"] / "api-key"
+    key_file.write_text(KEY + "\n")
+    args = ("--api-key-file", str(key_file), "--log-level", "trace", "--max-active-searches", "16")
     with serve_collection(site["root"] / "db", *args, log_file=site["log"]) as url:
         yield urllib.parse.urlsplit(url)
 
@@ -388,6 +390,18 @@ def _holds_plain_key(digest: bytes) -> bool:
     return False
 
 
+def test_a_key_file_must_hold_one_key(site, tmp_path):
+    from tests.conftest import run_xmodal
+
+    empty = tmp_path / "empty-key"
+    empty.write_text("\n")
+    db = str(site["root"] / "db")
+    refused = run_xmodal("serve", "--db", db, "--api-key-file", str(empty), timeout=60)
+    assert refused.returncode == 2 and "is empty" in refused.stderr
+    both = run_xmodal("serve", "--db", db, "--api-key-file", str(empty), "--api-key", KEY, timeout=60)
+    assert both.returncode == 2 and "not both" in both.stderr and KEY not in both.stderr
+
+
 def test_the_key_never_reaches_the_servers_log(server, site):
     """Runs last: every request above carried the key; these send it every way, right and wrong."""
     wrong = "sk-" + "0badc0ffee0badc0" * 2
@@ -399,3 +413,10 @@ def test_the_key_never_reaches_the_servers_log(server, site):
     log = site["log"].read_text(errors="replace")
     assert "TRACE" in log and "/search/text" in log  # the server did log everything it logs
     assert KEY not in log and wrong not in log and KEY[3:19] not in log
+    # Given in a file, the key is on no process's command line or environment either (ps shows both).
+    for proc in Path("/proc").glob("[0-9]*"):
+        for part in ("cmdline", "environ"):
+            try:
+                assert KEY.encode() not in (proc / part).read_bytes(), (proc, part)
+            except OSError:
+                pass  # a process that ended meanwhile, or another user's
