@@ -114,12 +114,15 @@ def bench_index(
     workers: int | None = typer.Option(None, "--workers", min=1),
     repeats: int = typer.Option(3, "--repeats", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the encoder runs."),
+    jpeg_only: bool = typer.Option(False, "--jpeg-only", help="A folder of --images JPEGs and nothing else."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per encoder call."),
     json_out: Path | None = JsonOutOption,
 ) -> None:
     """End-to-end indexing rate beside the decode-only and encode-only rates it is bounded by."""
     from retrieval.bench.index_bench import run_index_benchmark
 
-    report = run_index_benchmark(model, images, sounds, workers, repeats, device=device)
+    report = run_index_benchmark(model, images, sounds, workers, repeats, device=device, jpeg_only=jpeg_only,
+                                 batch_size=batch_size)
     _emit(report, json_out)
 
 

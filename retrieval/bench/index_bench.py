@@ -1,7 +1,8 @@
 """`xmodal bench index`: the indexing rate beside the two rates that bound it.
 
 On the same generated folder and machine, in one process:
-  decode-only  the worker pool alone (read, sniff, hash, decode, resize / log-mel), all workers
+  decode-only  the decode stage alone (read, sniff, hash, decode, resize / log-mel): the worker
+               pool, and with a CUDA encoder nvJPEG for the JPEGs (retrieval/indexing/gpu_jpeg.py)
   encode-only  the encoder alone on the already decoded inputs, batched as indexing batches them
   end-to-end   `run_index` into a fresh collection (walk, decode, encode, commit, save)
 Every rate is files of the folder per second, medians of the repeats, so
@@ -39,6 +40,8 @@ class IndexBenchReport:
     machine: str
     versions: dict[str, str]
     repeats: int
+    batch_size: int = 64
+    gpu_jpeg: bool = False  # JPEGs decoded on the GPU (nvJPEG)
     decode_seconds: list[float] = field(default_factory=list)
     encode_seconds: list[float] = field(default_factory=list)
     index_seconds: list[float] = field(default_factory=list)
@@ -54,8 +57,9 @@ class IndexBenchReport:
 
     def table(self) -> str:
         rows = [
-            ("decode-only", self.decode_seconds, f"{self.workers} worker process(es)"),
-            ("encode-only", self.encode_seconds, f"{self.torch_threads} torch thread(s)"),
+            ("decode-only", self.decode_seconds,
+             ("nvJPEG for JPEGs, " if self.gpu_jpeg else "") + f"{self.workers} worker process(es)"),
+            ("encode-only", self.encode_seconds, f"batches of {self.batch_size}, {self.torch_threads} torch thread(s)"),
             ("end-to-end", self.index_seconds, "run_index: walk, decode, encode, commit, save"),
         ]
         lines = [
@@ -100,31 +104,62 @@ def resolve_model(model: str, workdir: Path) -> str:
 
 
 def _decode_all(files: list[str], encoder, workers: int) -> tuple[float, list]:
+    """The decode stage indexing uses (worker processes; JPEGs on the GPU with a CUDA encoder)."""
+    from retrieval.indexing.pipeline import IndexOptions, local_decode_stage
     from retrieval.indexing.prepare import DECODED, Task
-    from retrieval.indexing.workers import DecodePool
-    from retrieval.media.limits import MediaLimits
 
+    stage = local_decode_stage(encoder, IndexOptions(workers=workers))
     started = time.perf_counter()
-    results = list(DecodePool(workers, encoder.inputs, MediaLimits()).run(Task(path) for path in files))
+    results = list(stage([Task(path) for path in files], frozenset()))
+    if encoder.device.type == "cuda":  # pixels decoded on the GPU: their resizing may still be queued
+        import torch
+
+        torch.cuda.synchronize(encoder.device)
     seconds = time.perf_counter() - started
     return seconds, [r for r in results if r.status == DECODED]
 
 
 def _encode_all(decoded: list, encoder, batch_size: int) -> float:
+    from retrieval.indexing.encode import stack_pixels
+
     images = [p.pixels for p in decoded if p.info.modality == "image"]
     sounds = [p for p in decoded if p.info.modality == "audio"]
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
-        encoder.encode_pixels(np.stack(images[start : start + batch_size]))
+        encoder.encode_pixels(stack_pixels(images[start : start + batch_size]))
     for start in range(0, len(sounds), max(1, batch_size // 4)):
         chunk = sounds[start : start + max(1, batch_size // 4)]
         encoder.embed_log_mels([p.log_mel for p in chunk], [p.info.duration for p in chunk])
     return time.perf_counter() - started
 
 
+def _draw_jpeg(job: tuple[str, int]) -> None:
+    from retrieval.data.samples import draw_image
+
+    out, index = job
+    rng = np.random.default_rng([7, index])
+    width, height = int(rng.integers(160, 800)), int(rng.integers(120, 600))
+    path = Path(out) / f"{index // 500:03d}" / f"image-{index:06d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_image(rng, width, height).save(path, "JPEG", quality=90)
+
+
+def _jpeg_folder(out: Path, count: int) -> list[str]:
+    """`count` JPEGs of 160-800 x 120-600 pixels, drawn on every core (spawned: torch is loaded)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+        pool.map(_draw_jpeg, [(str(out), index) for index in range(count)], chunksize=64)
+    return sorted(str(path) for path in out.rglob("*.jpg"))
+
+
 def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 50, workers: int | None = None,
-                        repeats: int = 3, hostile: bool = True, device: str = "cpu") -> IndexBenchReport:
-    """Generate a folder, then measure decode-only, encode-only and end-to-end indexing rates."""
+                        repeats: int = 3, hostile: bool = True, device: str = "cpu", jpeg_only: bool = False,
+                        batch_size: int = 64) -> IndexBenchReport:
+    """Generate a folder, then measure decode-only, encode-only and end-to-end indexing rates.
+
+    `jpeg_only`: a folder of `images` JPEGs and nothing else (the GPU indexing target's folder).
+    """
     import faiss
     import open_clip
     import torch
@@ -132,6 +167,7 @@ def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 5
     from retrieval.compose import run_index
     from retrieval.data.samples import generate_sample_folder
     from retrieval.encoders import create_encoder
+    from retrieval.indexing.gpu_jpeg import gpu_jpeg_available
     from retrieval.indexing.pipeline import default_workers
     from retrieval.indexing.walk import walk_roots
     from retrieval.settings import Settings
@@ -140,26 +176,31 @@ def run_index_benchmark(model: str = "small", images: int = 200, sounds: int = 5
     with tempfile.TemporaryDirectory(prefix="xmodal-bench-") as temp:
         workdir = Path(temp)
         spec = resolve_model(model, workdir)
-        manifest = generate_sample_folder(workdir / "media", images, sounds, hostile=hostile, seed=0)
+        if jpeg_only:
+            counts = {"images": len(_jpeg_folder(workdir / "media", images)), "sounds": 0, "hostile": 0}
+        else:
+            manifest = generate_sample_folder(workdir / "media", images, sounds, hostile=hostile, seed=0)
+            counts = {"images": len(manifest.images), "sounds": len(manifest.sounds),
+                      "hostile": len(manifest.hostile)}
         files = [f.path for f in walk_roots([str(workdir / "media")]).files]
-        encoder = create_encoder(spec, device=device)
+        encoder = create_encoder(spec, device=device, batch_size=batch_size)
         report = IndexBenchReport(
-            model=model, device=str(encoder.device), files=len(files), images=len(manifest.images),
-            sounds=len(manifest.sounds),
-            hostile=len(manifest.hostile), workers=workers, torch_threads=torch.get_num_threads(),
+            model=model, device=str(encoder.device), files=len(files), **counts,
+            workers=workers, torch_threads=torch.get_num_threads(),
             cpu_count=os.cpu_count() or 0, machine=cpu_name(),
             versions={"torch": torch.__version__, "open_clip": open_clip.__version__, "faiss": faiss.__version__,
                       "python": platform.python_version()},
-            repeats=repeats,
+            repeats=repeats, batch_size=batch_size, gpu_jpeg=gpu_jpeg_available(encoder.device),
         )
         _decode_all(files[:8], encoder, workers)  # warm-up: page cache, first imports in workers
         for repeat in range(repeats):
             seconds, decoded = _decode_all(files, encoder, workers)
             report.decode_seconds.append(seconds)
-            report.encode_seconds.append(_encode_all(decoded, encoder, 64))
+            report.encode_seconds.append(_encode_all(decoded, encoder, batch_size))
             db = workdir / f"db-{repeat}"
             started = time.perf_counter()
-            summary = run_index(Settings(db_dir=db, model=spec, workers=workers, device=device), [workdir / "media"])
+            settings = Settings(db_dir=db, model=spec, workers=workers, device=device, batch_size=batch_size)
+            summary = run_index(settings, [workdir / "media"])
             report.index_wall_seconds.append(time.perf_counter() - started)
             report.index_seconds.append(summary.seconds)
             shutil.rmtree(db)

@@ -113,16 +113,22 @@ class Encoder:
         return self.encode_pixels(np.stack([fit_square(to_rgb(image), size) for image in images]))
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Square uint8 images (n, S, S, 3), already resized and cropped -> (n, dim)."""
+    def encode_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Square images (n, S, S, 3) in 0..255, already resized and cropped -> (n, dim).
+
+        A uint8 array, or a tensor of any dtype (pixels decoded on the GPU stay there).
+        """
         if len(pixels) == 0:
             return self._empty()
         out = []
         for start in range(0, len(pixels), self.batch_size):
-            chunk = np.ascontiguousarray(pixels[start : start + self.batch_size])
-            # Arrays decoded from a pipe or PIL may be read-only; torch wants writable memory.
-            batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
-            x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
+            if isinstance(pixels, torch.Tensor):
+                batch = pixels[start : start + self.batch_size]
+            else:
+                chunk = np.ascontiguousarray(pixels[start : start + self.batch_size])
+                # Arrays decoded from a pipe or PIL may be read-only; torch wants writable memory.
+                batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
+            x = batch.to(self.device).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S); never the caller's
             x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
             with self._precision():
                 out.append(self._to_numpy(self.clip_model.encode_image(x)))

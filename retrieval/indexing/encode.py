@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 EmitFunction = Callable[[Prepared, list[NewVector]], None]  # (decoded file, its vectors)
 
 
+def stack_pixels(pixels: list):
+    """(n, S, S, 3): uint8 arrays from the worker pool, tensors decoded on the GPU, or both mixed."""
+    if all(isinstance(p, np.ndarray) for p in pixels):
+        return np.stack(pixels)
+    import torch
+
+    device = next(p.device for p in pixels if isinstance(p, torch.Tensor))
+    return torch.stack([torch.as_tensor(p, device=device, dtype=torch.float32) for p in pixels])
+
+
 class EncodeBatcher:
     """Collects decoded files and encodes them `batch_size` at a time (images, or sound windows)."""
 
@@ -47,7 +57,7 @@ class EncodeBatcher:
     def encode_images(self) -> None:
         if not self.images:
             return
-        vectors = self.encoder.encode_pixels(np.stack([p.pixels for p in self.images]))  # (n, dim)
+        vectors = self.encoder.encode_pixels(stack_pixels([p.pixels for p in self.images]))  # (n, dim)
         images, self.images = self.images, []
         for prepared, vector in zip(images, vectors, strict=True):
             self.emit(prepared, [NewVector(vector)])

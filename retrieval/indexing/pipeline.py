@@ -21,6 +21,7 @@ from index.collection import Collection
 from index.records import FileState, ItemRecord, NewVector
 from retrieval.errors import WorkerStartError
 from retrieval.indexing.encode import EncodeBatcher
+from retrieval.indexing.gpu_jpeg import GpuJpegStage, gpu_jpeg_available
 from retrieval.indexing.prepare import ENCODED, FAILED, KNOWN_CONTENT, NOT_MEDIA, SAME_CONTENT, Prepared, Task
 from retrieval.indexing.summary import IndexSummary
 from retrieval.indexing.walk import walk_roots
@@ -54,6 +55,8 @@ class IndexOptions:
     exclude: list[str] = field(default_factory=list)
     # Decode and encode on a Ray cluster ("auto", "ray://host:port" or "local"); None: worker processes here.
     ray_address: str | None = None
+    # With a CUDA encoder, decode JPEGs on its GPU (nvJPEG) rather than in the worker processes.
+    gpu_decode: bool = True
 
 
 class _Writer:
@@ -230,7 +233,11 @@ class _Run:
         self.summary.encoded += 1
 
 
-def _local_decode(encoder: Encoder, options: IndexOptions) -> DecodeStage:
+def local_decode_stage(encoder: Encoder, options: IndexOptions) -> DecodeStage:
+    """Worker processes here; with a CUDA encoder that has nvJPEG, JPEGs are decoded on its GPU."""
+    if options.gpu_decode and gpu_jpeg_available(encoder.device):
+        return GpuJpegStage(encoder.inputs, options.limits, options.workers, encoder.device)
+
     def decode(tasks: list[Task], skip_hashes: frozenset[str]) -> Iterator[Prepared]:
         return DecodePool(options.workers, encoder.inputs, options.limits, skip_hashes).run(tasks)
 
@@ -256,7 +263,7 @@ def index_paths(
     """
     options = options or IndexOptions()
     if options.ray_address is None:
-        return _Run(roots, collection, encoder, options, progress, _local_decode(encoder, options)).execute()
+        return _Run(roots, collection, encoder, options, progress, local_decode_stage(encoder, options)).execute()
     from retrieval.indexing.distributed import RayDecodeStage
 
     with RayDecodeStage(options.ray_address, encoder, options) as stage:

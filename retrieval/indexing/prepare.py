@@ -8,6 +8,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,9 @@ class Prepared:
     status: str
     state: FileState | None = None
     info: MediaInfo | None = None
-    pixels: np.ndarray | None = None  # (S, S, 3) uint8
+    # (S, S, 3) in 0..255: a uint8 array, or a float tensor already on the encoder's GPU
+    # (retrieval/indexing/gpu_jpeg.py)
+    pixels: Any = None
     log_mel: np.ndarray | None = None  # (n_mels, T) float32
     error: MediaError | None = None
     vectors: list[NewVector] | None = None  # ENCODED only: what the store keeps for this file
@@ -101,19 +104,33 @@ def read_file(path: str, limits: MediaLimits) -> tuple[bytes, os.stat_result]:
     return data, info
 
 
+def read_and_hash(task: Task, limits: MediaLimits, skip_hashes: frozenset[str]) -> tuple[bytes, FileState] | Prepared:
+    """The file's bytes and state, or its final outcome when there is nothing to decode: it cannot
+    be read (FAILED), its content is the one stored at its path (SAME_CONTENT) or under a vanished
+    path (KNOWN_CONTENT, a rename)."""
+    try:
+        data, info = read_file(task.path, limits)
+    except MediaError as error:
+        return Prepared(task.path, FAILED, error=error)
+    state = FileState(task.path, info.st_size, info.st_mtime_ns, hashlib.sha256(data).hexdigest())
+    if state.content_hash == task.stored_hash:
+        return Prepared(task.path, SAME_CONTENT, state)
+    if state.content_hash in skip_hashes:
+        return Prepared(task.path, KNOWN_CONTENT, state)
+    return data, state
+
+
 def prepare_file(task: Task, inputs: ModelInputs, limits: MediaLimits, skip_hashes: frozenset[str]) -> Prepared:
     """Read, hash and decode one file. Never raises for a bad file: failures come back as FAILED.
 
     Content already stored at the same path (SAME_CONTENT) or under a vanished path (a rename,
     KNOWN_CONTENT, hashes in `skip_hashes`) is not decoded at all.
     """
+    read = read_and_hash(task, limits, skip_hashes)
+    if isinstance(read, Prepared):
+        return read
+    data, state = read
     try:
-        data, info = read_file(task.path, limits)
-        state = FileState(task.path, info.st_size, info.st_mtime_ns, hashlib.sha256(data).hexdigest())
-        if state.content_hash == task.stored_hash:
-            return Prepared(task.path, SAME_CONTENT, state)
-        if state.content_hash in skip_hashes:
-            return Prepared(task.path, KNOWN_CONTENT, state)
         decoded = decode_media(data, task.path, inputs, limits)
     except MediaError as error:
         return Prepared(task.path, FAILED, error=error)
