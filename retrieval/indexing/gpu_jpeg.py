@@ -16,6 +16,7 @@ The pool starts only when the first such file turns up, so a folder of photos ne
 from __future__ import annotations
 
 import io
+import os
 import queue
 import threading
 import warnings
@@ -358,8 +359,10 @@ def _decode_one(data: torch.Tensor, device) -> torch.Tensor | None:
 
 
 def gpu_jpeg_available(device: torch.device) -> bool:
-    """Whether torchvision can decode JPEGs on `device` (a CUDA build with nvJPEG)."""
-    if device.type != "cuda":
+    """Whether torchvision can decode JPEGs on `device` (a CUDA build with nvJPEG), unless
+    XMODAL_GPU_DECODE=0: nvJPEG runs in the indexing process, without the workers' per-file deadline
+    and crash isolation, so a user whose files trip it needs a way back to the Pillow workers."""
+    if device.type != "cuda" or os.environ.get("XMODAL_GPU_DECODE", "1") == "0":
         return False
     try:
         import torch
