@@ -268,3 +268,24 @@ def test_the_gpu_patch_embedding_as_a_matrix_product_gives_the_convolutions_vect
         torch.testing.assert_close(swapped.encode_image(images), vit.encode_image(images), atol=1e-5, rtol=1e-4)
     assert swapped.state_dict().keys() == vit.state_dict().keys()  # weights still load by name
     assert not use_patch_linear(copy.deepcopy(micro_encoder.clip_model))  # a ResNet tower is left alone
+
+
+def test_the_audio_towers_folded_batch_norm_gives_the_training_paths_vectors(micro_model):
+    """Indexing folds each batch norm into its convolution; vectors must not change, and the weights
+    the towers train and save must not either."""
+    import torch
+
+    encoder = create_encoder(str(micro_model), device="cpu")
+    tower, front_end = encoder.audio_tower, encoder.config.audio.front_end
+    for block in tower.blocks:  # a calibrated norm is far from the identity the fold could hide behind
+        block.norm.running_mean.uniform_(-0.5, 0.5)
+        block.norm.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    windows = torch.randn(3, front_end.n_mels, 200)
+    lengths = torch.tensor([200, 120, 37])
+    with torch.inference_mode():
+        folded = tower(windows, lengths)
+    with torch.enable_grad():  # eval mode, the plain modules
+        plain = tower(windows, lengths).detach()
+    assert torch.allclose(folded, plain, atol=1e-5, rtol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in tower.state_dict().items())
