@@ -56,7 +56,7 @@ def _validation_message(error: RequestValidationError) -> str:
 
 def translate(error: Exception) -> tuple[int, str]:
     """(status, client-safe message) for a library error; (500, generic) for anything unknown."""
-    from index.errors import DatabaseCorruptError, StoreError
+    from index.errors import DatabaseCorruptError, IndexRebuildingError, StoreError
     from retrieval.errors import ItemNotFoundError, QueryError, QueryFileError
     from retrieval.query_batcher import BatcherClosedError
 
@@ -68,6 +68,8 @@ def translate(error: Exception) -> tuple[int, str]:
         return 422, str(error)
     if isinstance(error, ItemNotFoundError):
         return 404, str(error)
+    if isinstance(error, IndexRebuildingError):  # expected after a start on damaged index files: no error log
+        return 503, "the index is being rebuilt from the store after damage; try again shortly (see /health)"
     if isinstance(error, (BatcherClosedError, StoreError, DatabaseCorruptError)):
         log.error("collection unavailable: %s", error)
         return 503, "the collection is unavailable right now; try again shortly"

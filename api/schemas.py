@@ -119,7 +119,9 @@ class ItemResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     generation: int
-    index: str = Field(description="loaded | rebuilt | stale | empty")
+    index: str = Field(description="loaded | rebuilt | empty (ok); stale | degraded | rebuilding | unavailable | "
+                                   "unsaved (degraded)")
+    reason: str = Field("", description="why the status is degraded (empty when ok)")
 
 
 class Limits(BaseModel):

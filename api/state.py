@@ -1,6 +1,11 @@
 """What the service holds while it runs: the engine (built once, in the lifespan), the thumbnail
 cache, the admission limits (searches; drawings in api/generation.py), and a watcher that picks up
-new index generations."""
+new index generations.
+
+Index files that must be rebuilt from the store (damaged, truncated, lost, stale) do not hold up the
+start: the lifespan returns with the collection 'rebuilding' and the watcher's first task is that
+rebuild, so the server listens at once, /health says degraded and searches get 503 + Retry-After
+until the rebuilt generation is in place (a large collection takes minutes)."""
 
 from __future__ import annotations
 
@@ -14,14 +19,15 @@ from pathlib import Path
 from api.errors import ApiError
 from api.generation import GatedDrawer, GenerationGate
 from api.thumbnails import ThumbnailCache
-from index.collection import indexed_roots
+from index.roots import indexed_roots
 from retrieval.engine import SearchEngine
 from retrieval.settings import ServerSettings, Settings
 
 log = logging.getLogger("xmodal.api")
 # Collection states in which /health answers "degraded": a writer is mid-run ("stale"), a damaged
-# generation is being rebuilt from the store ("degraded"), or a repair could not be saved ("unsaved").
-DEGRADED = ("stale", "degraded", "unsaved")
+# generation is being rebuilt from the store ("degraded"; "rebuilding" when no older one answers
+# meanwhile, "unavailable" if that failed), or a repair could not be saved ("unsaved").
+DEGRADED = ("stale", "degraded", "rebuilding", "unavailable", "unsaved")
 
 
 class Admission:
@@ -66,7 +72,7 @@ class ServerState:
         from a thread)."""
         from retrieval.compose import build_engine
 
-        engine = build_engine(settings)
+        engine = build_engine(settings, defer_rebuild=True)
         gate = None
         if engine.generator is not None:
             gate = GenerationGate()
@@ -95,7 +101,9 @@ class ServerState:
         self.roots = None if roots is None else [(root, os.path.realpath(root)) for root in roots]
 
     def _watch(self) -> None:
-        """Load each new generation an indexer saves; searches in flight finish on the old one."""
+        """Finish a rebuild the start left pending, then load each new generation an indexer saves;
+        searches in flight finish on the old one."""
+        self._finish_rebuild()
         while not self._stop.wait(self.server.reload_seconds):
             collection = self.engine.collection
             try:
@@ -108,6 +116,19 @@ class ServerState:
                 # /health says "degraded" meanwhile; the log says why, once per cause.
                 log.warning("index degraded: %s", collection.status.reason)
             self._reported = collection.status
+
+    def _finish_rebuild(self) -> None:
+        collection = self.engine.collection
+        if collection.status.state != "rebuilding":
+            return
+        log.warning("index degraded: %s", collection.status.reason)
+        self._reported = collection.status
+        try:
+            collection.finish_rebuild()
+        except Exception:  # noqa: BLE001 - the server stays up, degraded; a writer's next generation recovers it
+            log.exception("could not rebuild the index from the store; searches answer 503 until a writer saves one")
+            return
+        log.info("rebuilt the index from the store (%s)", collection.status.state)
 
 
 def _thumbnail_folder(db_dir: Path) -> Path | None:

@@ -145,6 +145,7 @@ def open_collection(
     milvus: MilvusTarget | None = None,
     index_spec: str | None = None,
     device: str | None = None,
+    defer_rebuild: bool = False,
 ) -> Collection:
     """Open the collection a `--db` value (or a ledger directory) names: FAISS or Milvus.
 
@@ -152,6 +153,7 @@ def open_collection(
         db: a FAISS collection directory, a ledger directory, a `.db` path or a `milvus://` URL.
         milvus: the target, when the caller already parsed `db` (Settings does).
         index_spec, device: FAISS choices; a Milvus collection uses its own HNSW index.
+        defer_rebuild: FAISS readers, as `Collection.open` (Milvus keeps its index on the server).
 
     Raises:
         MilvusError: pymilvus missing, server unreachable, a collection that is not xmodal's.
@@ -163,7 +165,8 @@ def open_collection(
         ledger, milvus = locate_db(db)
         milvus = milvus or recorded_target(ledger)
         if milvus is None:
-            return Collection.open(ledger, encoder, writable=writable, index_spec=index_spec, device=device)
+            return Collection.open(ledger, encoder, writable=writable, index_spec=index_spec, device=device,
+                                   defer_rebuild=defer_rebuild)
     from index.milvus_backend import MilvusCollection  # deferred: pymilvus costs ~0.5 s to import
 
     return MilvusCollection.open_target(milvus, encoder, writable=writable)

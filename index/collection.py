@@ -15,7 +15,6 @@ fails its checksum), the indexes are rebuilt from the stored vectors, never by r
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import weakref
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from index.atomic import sha256_file
-from index.errors import EncoderMismatchError, IndexCorruptError, StoreError
+from index.errors import EncoderMismatchError, IndexCorruptError, IndexRebuildingError, StoreError
 from index.filters import SearchFilter
 from index.lock import WriterLock, is_locked
 from index.manifest import EncoderIdentity, IndexFile, Manifest, load_manifest, save_manifest
@@ -38,12 +37,14 @@ STORE_NAME = "xmodal.sqlite3"
 INDEX_DIR = "indexes"
 TUNING_QUERIES = 200
 WRITER_WORKING = "a writer is indexing; searching the last saved generation"
+REBUILDING = "rebuilding the index from the store; searches answer once it is in place"
 ALLOWED_CACHE = 16  # filters whose allowed ids are kept
 
 
 @dataclass(frozen=True)
 class LoadStatus:
-    """How the indexes were obtained: 'loaded', 'rebuilt' or 'stale' (a writer is still working)."""
+    """How the indexes were obtained: 'loaded', 'rebuilt', 'stale' (a writer is still working), or while
+    none is in place 'rebuilding' (a deferred rebuild runs) or 'unavailable' (it failed)."""
 
     state: str
     reason: str = ""
@@ -59,23 +60,6 @@ def read_encoder_identity(db_dir: Path) -> EncoderIdentity | None:
         return _stored_identity(store)
     finally:
         store.close()
-
-
-ROOTS_KEY = "roots"
-
-
-def indexed_roots(store: Store) -> list[str] | None:
-    """The absolute folders (or files) ever indexed into this store; None for a store from before
-    roots were recorded."""
-    value = store.get_meta(ROOTS_KEY)
-    return json.loads(value) if value else None
-
-
-def record_roots(store: Store, roots: list[str]) -> None:
-    """Remember indexed roots: files are only ever served from inside one of them."""
-    known = set(indexed_roots(store) or [])
-    if not set(roots) <= known:
-        store.set_meta({ROOTS_KEY: json.dumps(sorted(known | set(roots)))})
 
 
 def _stored_identity(store: Store) -> EncoderIdentity | None:
@@ -144,6 +128,7 @@ class Collection:
         writable: bool,
         index_spec: str | None = None,
         device: str | None = None,
+        defer_rebuild: bool = False,
         **backend,
     ) -> Collection:
         """Open a database directory and load (or rebuild) its indexes.
@@ -156,6 +141,8 @@ class Collection:
                 choice by size, remembered in the database; "auto" returns to the choice by size;
                 None keeps what the database has.
             device: "cpu", "cuda", or None for CUDA when torch sees one.
+            defer_rebuild: a reader whose indexes need rebuilding opens at once, status 'rebuilding'
+                (searches raise IndexRebuildingError), and leaves the rebuild to `finish_rebuild()`.
             backend: keyword arguments a subclass's constructor takes (MilvusCollection: its client).
 
         Raises:
@@ -179,7 +166,7 @@ class Collection:
             identity = stored or encoder
             spec = remember_spec(store, index_spec, identity.dim) if writable else store.get_meta(INDEX_SPEC_KEY)
             collection = cls(db_dir, store, identity, spec or None, resolve_device(device), **backend)
-            collection.load_indexes(repair=writable)
+            collection.load_indexes(repair=writable, defer=defer_rebuild and not writable)
         except BaseException:
             store.close()
             raise
@@ -196,12 +183,13 @@ class Collection:
 
     # ---------------------------------------------------------------- loading and rebuilding
 
-    def load_indexes(self, repair: bool) -> LoadStatus:
+    def load_indexes(self, repair: bool, defer: bool = False) -> LoadStatus:
         """Load the current generation, or rebuild from the store when it is missing, corrupt or stale.
 
         A reader that finds a stale index while a writer holds the lock keeps the old generation
         (the writer will save a newer one); with no writer alive it rebuilds in memory and, if it
-        can take the lock itself, saves the repaired generation for everyone.
+        can take the lock itself, saves the repaired generation for everyone. With `defer`, a reader
+        leaves that rebuild to `finish_rebuild()` and reports 'rebuilding' until then.
         """
         manifest = load_manifest(self.db_dir)
         version = self.store.store_version
@@ -225,13 +213,35 @@ class Collection:
                     self.status = LoadStatus("stale", WRITER_WORKING)
                     return self.status
                 reason = f"store changed since generation {manifest.generation} was saved"
+        if manifest is not None and not repair:
+            self._unusable.add(manifest.generation)  # the rebuild supersedes it: refresh must not load it
+        if defer and not repair:
+            self.status = LoadStatus("rebuilding", f"{reason}; {REBUILDING}")
+            return self.status
+        return self._rebuild_and_save(reason, repair)
+
+    def finish_rebuild(self) -> LoadStatus:
+        """Run the rebuild `defer_rebuild` left pending (blocking: a server calls it from a background
+        thread); a no-op when none is. Raises DatabaseCorruptError, StoreError (status 'unavailable')."""
+        if self.status.state != "rebuilding":
+            return self.status
+        reason = self.status.reason.removesuffix(f"; {REBUILDING}")
+        try:
+            return self._rebuild_and_save(reason, repair=False)
+        except BaseException as error:
+            self.status = LoadStatus("unavailable", f"{reason}; rebuilding from the store failed: {error}")
+            raise
+
+    def _rebuild_and_save(self, reason: str, repair: bool) -> LoadStatus:
+        version = self.store.store_version
         self.rebuild()
-        self.status = LoadStatus("rebuilt", reason)
+        status = LoadStatus("rebuilt", reason)
         if version and not repair:
-            self._save_if_unlocked()
+            status = self._save_if_unlocked(status)
         elif version and repair:
             self.save_generation()  # a writer reports a failed save: its run stops, the old generation stays
-        return self.status
+        self.status = status  # only now: a server's /health turns ok once the repair is saved, never flaps
+        return status
 
     def _read_generation(self, manifest: Manifest) -> dict[str, VectorIndex]:
         indexes = {}
@@ -331,21 +341,22 @@ class Collection:
             self.generation = generation
             self.built_from_version = version
 
-    def _save_if_unlocked(self) -> None:
-        """Save a reader's repair for everyone when no writer runs. A save that fails (disk full,
-        I/O error) leaves the status 'unsaved': the reader searches its in-memory rebuild, and a
+    def _save_if_unlocked(self, rebuilt: LoadStatus) -> LoadStatus:
+        """Save a reader's repair for everyone when no writer runs; the status it earns. A save that
+        fails (disk full, I/O error) earns 'unsaved': the reader searches its in-memory rebuild, and a
         server reports itself degraded, since the next start must rebuild again."""
         lock = WriterLock(self.db_dir)
         try:
             lock.acquire()
         except (StoreError, OSError):
-            return  # read-only directory or a writer appeared: keep the in-memory rebuild
+            return rebuilt  # read-only directory or a writer appeared: keep the in-memory rebuild
         try:
             self.save_generation()
         except (StoreError, OSError) as error:
-            self.status = LoadStatus("unsaved", f"{self.status.reason}; rebuilt in memory, saving failed: {error}")
+            return LoadStatus("unsaved", f"{rebuilt.reason}; rebuilt in memory, saving failed: {error}")
         finally:
             lock.release()
+        return rebuilt
 
     # ---------------------------------------------------------------- writing
 
@@ -433,8 +444,7 @@ class Collection:
             self.status = LoadStatus("degraded", f"{reason}; rebuilding from the store, "
                                                  f"searching generation {self.generation} meanwhile")
             self.rebuild()
-            self.status = LoadStatus("rebuilt", reason)
-            self._save_if_unlocked()
+            self.status = self._save_if_unlocked(LoadStatus("rebuilt", reason))
             return True
         self._install(indexes, manifest.generation, manifest.store_version)
         current = manifest.store_version == self.store.store_version
@@ -443,7 +453,14 @@ class Collection:
 
     def count(self, modality: str) -> int:
         """Vectors held for one modality (audio: pooled and window vectors)."""
-        return self.indexes[modality].count
+        return self._index(modality).count
+
+    def _index(self, modality: str) -> VectorIndex:
+        """Raises IndexRebuildingError while no index is in place (a deferred rebuild runs or failed)."""
+        index = self.indexes.get(modality)  # one reference read: a concurrent swap cannot tear it
+        if index is None:
+            raise IndexRebuildingError("the index is being rebuilt from the store; try again shortly")
+        return index
 
     def search(self, modality: str, queries, k: int, where: SearchFilter | None = None):
         """(scores (m, k'), vector ids (m, k')) from one modality's index, best first, k' <= k; ids
@@ -452,7 +469,7 @@ class Collection:
         `where` is applied inside the search: the index is asked only about vectors whose items
         pass it, so a filter leaving j >= k vectors still yields k results.
         """
-        index = self.indexes[modality]  # one reference read: a concurrent swap cannot tear it
+        index = self._index(modality)
         if where is None or where.empty:
             return index.search(queries, k)
         return index.search(queries, k, allowed=self._allowed(modality, where, index))

@@ -21,6 +21,11 @@ class DatabaseCorruptError(StoreError):
     """The SQLite file is damaged; it is never silently rebuilt because it is the source of truth."""
 
 
+class IndexRebuildingError(StoreError):
+    """The indexes are being rebuilt from the store (a server started on damaged index files): no
+    search can be answered until the rebuild is in place; the caller should ask again shortly."""
+
+
 class StorageFullError(StoreError):
     """The disk filled up (or refused a write) while saving; the previous state is intact."""
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from index.backends import open_collection
-from index.collection import STORE_NAME, Collection, read_encoder_identity, record_roots
+from index.collection import STORE_NAME, Collection, read_encoder_identity
 from index.errors import StoreError
 from index.lock import WriterLock
 from index.manifest import EncoderIdentity, load_manifest
 from index.records import ErrorRecord
+from index.roots import record_roots
 from index.store import Store
 from retrieval.engine import SearchEngine
 from retrieval.indexing.pipeline import IndexOptions, ProgressCallback, default_workers, index_paths
@@ -33,8 +34,12 @@ def _no_collection(settings: Settings) -> StoreError:
     return StoreError(f"no collection at {db} (run `xmodal index FOLDER --db {db}` first)")
 
 
-def build_engine(settings: Settings) -> SearchEngine:
+def build_engine(settings: Settings, defer_rebuild: bool = False) -> SearchEngine:
     """A search engine over an existing collection (read-only; a writer may work meanwhile).
+
+    `defer_rebuild`: index files that must be rebuilt from the store are left for the caller's
+    `engine.collection.finish_rebuild()` (a server answers /health meanwhile); searches until then
+    raise IndexRebuildingError.
 
     Raises:
         StoreError: no collection at `settings.db_dir`.
@@ -47,7 +52,7 @@ def build_engine(settings: Settings) -> SearchEngine:
         raise _no_collection(settings)
     encoder = create_encoder(_model_spec(settings, stored), settings.device, settings.batch_size)
     collection = open_collection(settings.db_dir, encoder.identity, writable=False, milvus=settings.milvus,
-                                 device=str(encoder.device))
+                                 device=str(encoder.device), defer_rebuild=defer_rebuild)
     engine = SearchEngine(encoder, collection, settings.limits, _match_judge(encoder, collection))
     _attach_generator(engine, settings.generator)
     return engine

@@ -1,17 +1,25 @@
 """Durability of a collection on a failing disk: a save that meets a full disk or an I/O error keeps
 the previous generation whole and loadable while searching goes on; a damaged generation that
 appears under a running reader is rebuilt from the store (degraded meanwhile); a reader whose repair
-cannot be saved still serves and says so; a damaged SQLite file is refused with advice and never
-rebuilt. Faults are injected only where the disk would produce them (fsync); everything else is
+cannot be saved still serves and says so; a server started on damaged index files listens at once,
+degraded (searches 503) until its background rebuild is in place; a damaged SQLite file is refused
+with advice and never rebuilt. Faults are injected only where the disk would produce them (fsync); everything else is
 real SQLite and FAISS."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import json
 import os
 import stat
+import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import numpy as np
@@ -239,8 +247,12 @@ def test_a_server_on_damaged_index_files_and_a_full_disk_starts_serves_and_repor
 
     app = create_app(Settings(db_dir=tmp_path / "db"), ServerSettings(reload_seconds=0.1))
     with TestClient(app, base_url="http://127.0.0.1") as client:
+        deadline = time.monotonic() + 30  # the rebuild runs in the background after the start
+        while client.get("/health").json()["index"] == "rebuilding" and time.monotonic() < deadline:
+            time.sleep(0.05)
         health = client.get("/health").json()
         assert health["status"] == "degraded" and health["index"] == "unsaved"
+        assert "could not be saved" in health["reason"]
         answer = client.post("/search/text", json={"query": "a big red circle on grey", "k": 3})
         assert answer.status_code == 200 and len(answer.json()["results"]) == 3  # rebuilt in memory
 
@@ -251,7 +263,96 @@ def test_a_server_on_damaged_index_files_and_a_full_disk_starts_serves_and_repor
         while client.get("/health").json()["status"] != "ok" and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.get("/health").json() == {"status": "ok", "generation": load_manifest(tmp_path / "db").generation,
-                                                "index": "loaded"}
+                                                "index": "loaded", "reason": ""}
+
+
+@contextlib.contextmanager
+def serve_in_process(app) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in this process (so a test's monkeypatch reaches
+    the server) and yield its base URL as soon as it listens, however far its collection is loaded."""
+    import uvicorn
+
+    from tests.helpers.live_server import free_port
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start listening"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def http(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, Message, dict]:
+    """(status, headers (case-insensitive), JSON body) of one request over real HTTP."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read())
+
+
+def test_a_server_on_damaged_index_files_listens_at_once_and_searches_once_rebuilt(tmp_path, monkeypatch):
+    from api.app import create_app
+    from retrieval.compose import run_index
+    from retrieval.demo import write_collection
+    from retrieval.encoders.factory import STARTER_DIR
+    from retrieval.settings import ServerSettings, Settings
+
+    if not (STARTER_DIR / "xmodal_model.json").is_file():
+        pytest.skip("the starter weights are not in this checkout")
+    db_dir = tmp_path / "db"
+    write_collection(tmp_path / "media", images=12, sounds=2, seed=8, concepts=12)
+    run_index(Settings(db_dir=db_dir, model="starter", workers=1), [tmp_path / "media"])
+    queries = [("/search/text", {"query": "a big red circle on grey", "k": 5}),
+               ("/search/text", {"query": "a small blue square", "k": 5, "modality": "image"})]
+    with serve_in_process(create_app(Settings(db_dir=db_dir), ServerSettings(reload_seconds=0.1))) as base:
+        assert http(base, "GET", "/health")[2]["status"] == "ok"
+        before = [http(base, "POST", path, body)[2]["results"] for path, body in queries]
+    manifest = load_manifest(db_dir)
+    image_file = db_dir / INDEX_DIR / manifest.indexes["image"].file
+    image_file.write_bytes(image_file.read_bytes()[:100])  # truncated
+    (db_dir / INDEX_DIR / manifest.indexes["audio"].file).write_bytes(b"")  # zero length
+
+    # Fault injection: the real rebuild, held until the test has looked (a large collection's minutes).
+    release, rebuilding = threading.Event(), threading.Event()
+    real_rebuild = Collection.rebuild
+
+    def slow_rebuild(collection):
+        rebuilding.set()
+        assert release.wait(60)
+        real_rebuild(collection)
+
+    monkeypatch.setattr(Collection, "rebuild", slow_rebuild)
+    with serve_in_process(create_app(Settings(db_dir=db_dir), ServerSettings(reload_seconds=0.1))) as base:
+        # Listening while the rebuild is still held: /health answers at once, degraded, with the reason.
+        status, _, health = http(base, "GET", "/health")
+        assert status == 200 and health["status"] == "degraded" and health["index"] == "rebuilding"
+        assert "rebuilding the index from the store" in health["reason"]
+        assert rebuilding.wait(30)
+        status, headers, answer = http(base, "POST", *queries[0])
+        assert status == 503 and int(headers["Retry-After"]) > 0
+        assert answer["error"]["code"] == "unavailable" and "being rebuilt" in answer["error"]["message"]
+
+        release.set()
+        deadline = time.monotonic() + 60
+        while http(base, "GET", "/health")[2]["status"] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        saved = load_manifest(db_dir)
+        assert http(base, "GET", "/health")[2] == {"status": "ok", "generation": saved.generation,
+                                                   "index": "rebuilt", "reason": ""}
+        assert saved.generation > manifest.generation  # the repair was saved for the next start
+        after = [http(base, "POST", path, body)[2]["results"] for path, body in queries]
+    assert after == before
+    check_saved_generation(db_dir)
 
 
 def test_a_database_file_left_before_its_schema_is_called_empty_not_outdated(tmp_path):

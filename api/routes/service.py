@@ -14,6 +14,15 @@ from retrieval.engine import MAX_K, MAX_QUERY_CHARS
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 router = APIRouter(tags=["service"])
+# Why /health says degraded, per collection state. Fixed words, since /health needs no key: the
+# collection's own reason can name server paths (it goes to the server log instead).
+DEGRADED_REASONS = {
+    "stale": "a writer is indexing; searching the last saved generation",
+    "degraded": "a damaged index generation is being rebuilt from the store; searching the previous one meanwhile",
+    "rebuilding": "rebuilding the index from the store after damage; searches answer 503 until it is in place",
+    "unavailable": "rebuilding the index from the store failed (see the server log); searches answer 503",
+    "unsaved": "the index was rebuilt from the store in memory but could not be saved (see the server log)",
+}
 
 
 @router.get("/", include_in_schema=False)
@@ -26,8 +35,10 @@ def page() -> FileResponse:
 def health(state: State) -> dict:
     """Liveness and the loaded index generation; needs no key."""
     collection = state.engine.collection
-    status = "ok" if collection.status.state in ("loaded", "rebuilt", "empty") else "degraded"
-    return {"status": status, "generation": collection.generation, "index": collection.status.state}
+    state_now = collection.status.state
+    status = "ok" if state_now in ("loaded", "rebuilt", "empty") else "degraded"
+    reason = DEGRADED_REASONS.get(state_now, "see the server log") if status == "degraded" else ""
+    return {"status": status, "generation": collection.generation, "index": state_now, "reason": reason}
 
 
 @router.get("/info", response_model=InfoResponse, responses=error_responses(401, 503))
