@@ -90,9 +90,10 @@ class MilvusCollection(Collection):
 
     # ---------------------------------------------------------------- loading and re-syncing
 
-    def load_indexes(self, repair: bool) -> LoadStatus:
+    def load_indexes(self, repair: bool, defer: bool = False) -> LoadStatus:
         """Use Milvus as it is when it is in step with the store; otherwise re-sync it (a writer, or a
-        reader when no writer is alive) or search what it holds meanwhile (a writer is at work)."""
+        reader when no writer is alive) or search what it holds meanwhile (a writer is at work).
+        `defer` has no effect: the index lives on the Milvus server, nothing is rebuilt here."""
         with translated(self.target, "open its collections"):
             if repair:
                 self._claim_ledger()
