@@ -159,6 +159,12 @@ def _first_image_hit(server) -> dict:
     return json.loads(answer)["results"][0]
 
 
+def _assert_not_served(server, hit: dict, site: dict) -> None:
+    for url in (hit["media_url"], hit["thumbnail_url"]):
+        status, _, body = _raw(server, "GET", url)
+        assert status == 404 and not _leaks(body, site)
+
+
 def test_links_out_of_the_roots_are_not_followed(server, site):
     """An indexed file, then its whole folder, replaced by a symbolic link to a place outside."""
     hit = _first_image_hit(server)
@@ -168,9 +174,7 @@ def test_links_out_of_the_roots_are_not_followed(server, site):
     target.unlink()
     target.symlink_to(site["secret"])
     try:
-        for url in (hit["media_url"], hit["thumbnail_url"]):
-            status, _, body = _raw(server, "GET", url)
-            assert status == 404 and not _leaks(body, site)
+        _assert_not_served(server, hit, site)
     finally:
         target.unlink()
         target.write_bytes(original)
@@ -183,9 +187,7 @@ def test_links_out_of_the_roots_are_not_followed(server, site):
     images.rename(moved)
     images.symlink_to(decoy, target_is_directory=True)
     try:
-        for url in (hit["media_url"], hit["thumbnail_url"]):
-            status, _, body = _raw(server, "GET", url)
-            assert status == 404 and not _leaks(body, site)
+        _assert_not_served(server, hit, site)
     finally:
         images.unlink()
         moved.rename(images)

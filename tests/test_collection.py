@@ -18,7 +18,7 @@ from index.errors import DatabaseLockedError, EncoderMismatchError, StoreError
 from index.lock import LOCK_NAME, WriterLock, is_locked
 from index.manifest import MANIFEST_NAME, EncoderIdentity, load_manifest
 from index.records import MODALITIES
-from tests.helpers.index_data import DIM, ENCODER, file_state, put_audio, put_image, unit_vectors
+from tests.helpers.index_data import DIM, ENCODER, file_state, fill, put_audio, put_image, unit_vectors
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,16 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(7)
-
-
-def fill(collection: Collection, rng: np.random.Generator, prefix: str, images: int = 12, sounds: int = 4) -> None:
-    """One committed transaction of new items, applied to the in-memory indexes as the indexer does."""
-    with collection.store.write() as transaction:
-        for n in range(images):
-            put_image(transaction, f"{prefix}/{n:03d}.png", rng)
-        for n in range(sounds):
-            put_audio(transaction, f"{prefix}/{n:03d}.wav", rng, windows=2)
-    collection.apply(transaction.changes)
 
 
 def search_everything(collection: Collection, queries: np.ndarray, k: int = 10) -> dict[str, tuple]:

@@ -31,21 +31,12 @@ from index.lock import WriterLock
 from index.manifest import MANIFEST_NAME, load_manifest
 from index.records import MODALITIES
 from tests.helpers.crash_acks import check_saved_generation
-from tests.helpers.index_data import DIM, ENCODER, put_audio, put_image, unit_vectors
+from tests.helpers.index_data import DIM, ENCODER, fill, unit_vectors
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(11)
-
-
-def fill(collection: Collection, rng: np.random.Generator, prefix: str, images: int = 12, sounds: int = 4) -> None:
-    with collection.store.write() as transaction:
-        for n in range(images):
-            put_image(transaction, f"{prefix}/{n:04d}.png", rng)
-        for n in range(sounds):
-            put_audio(transaction, f"{prefix}/{n:04d}.wav", rng, windows=2)
-    collection.apply(transaction.changes)
 
 
 def results(collection: Collection, queries: np.ndarray, k: int = 10) -> dict:

@@ -17,7 +17,6 @@ httpx is imported inside the driver only: the benches stay importable without th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -27,13 +26,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from retrieval.bench.api_bench import QUERIES
+from retrieval.bench.live_server import serve_collection
 from retrieval.bench.machine import cpu_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +108,7 @@ def run_load_benchmark(work: Path, seconds: float = 180.0, clients: int = 8, ima
     run_index(Settings(db_dir=db, model="starter", workers=1), [media])
     items_before = len(_stored_paths(db, media))
     material = _query_material(media, seed)
-    with _serve(db, work / "server.log") as base:
+    with serve_collection(db, log_file=work / "server.log") as base:
         indexer = _Indexer(db, media, batch, seed)
         say(f"serving at {base}; {clients} clients for {seconds:.0f} s while indexing")
         indexer.start()
@@ -208,43 +207,6 @@ class _Indexer:
 
 
 # ---------------------------------------------------------------- the server and the clients
-
-
-@contextlib.contextmanager
-def _serve(db: Path, log: Path, timeout: float = 120.0) -> Iterator[str]:
-    """`xmodal serve` on a free loopback port, its output in `log`; yields the base URL."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--db", str(db), "--port", str(port),
-                                    "--log-level", "warning"], cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            deadline = time.monotonic() + timeout
-            while not _healthy(base):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"xmodal serve did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.2)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _wait_for_server(base: str, expected: int, timeout: float = 30.0) -> int:

@@ -50,3 +50,13 @@ def brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: in
     scores = queries.astype(np.float64) @ vectors.astype(np.float64).T  # (m, n)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (m, k)
     return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+def fill(collection, rng: np.random.Generator, prefix: str, images: int = 12, sounds: int = 4) -> None:
+    """One committed transaction of new items, applied to the in-memory indexes as the indexer does."""
+    with collection.store.write() as transaction:
+        for n in range(images):
+            put_image(transaction, f"{prefix}/{n:03d}.png", rng)
+        for n in range(sounds):
+            put_audio(transaction, f"{prefix}/{n:03d}.wav", rng, windows=2)
+    collection.apply(transaction.changes)
