@@ -20,6 +20,7 @@ F = TypeVar("F", bound=Callable)
 
 
 def _classify(error: BaseException) -> int | None:
+    from generation.errors import GeneratorLoadError
     from index.errors import (
         DatabaseCorruptError,
         DatabaseLockedError,
@@ -42,7 +43,7 @@ def _classify(error: BaseException) -> int | None:
 
     for types, code in (
         ((DatabaseLockedError,), EXIT_LOCKED),
-        ((ModelNotFoundError, ModelLoadError), EXIT_MODEL),
+        ((ModelNotFoundError, ModelLoadError, GeneratorLoadError), EXIT_MODEL),
         ((StorageFullError, DatabaseCorruptError), EXIT_STORAGE),
         ((QueryError, ItemNotFoundError, MediaError, TrainingDataError, TrainingStateError, IndexSpecError),
          EXIT_USAGE),

@@ -133,3 +133,10 @@ def test_paths_print_as_they_are_even_with_brackets():
     text = captured.get()
     assert "/media/[red] square.png" in text  # not swallowed as markup
     assert "/db/generated/ab.png  [generated]" in text
+
+
+def test_a_bench_given_a_folder_without_a_generator_exits_4_in_one_line(tmp_path):
+    """Every command translates a generator that cannot be loaded, not only search and serve."""
+    result = run_xmodal("bench", "generate", "--generator", str(tmp_path), "--limit", "1")
+    assert result.returncode == 4
+    assert "generator.json is missing" in result.stderr and "Traceback" not in result.stderr
