@@ -281,3 +281,20 @@ def test_an_unreadable_file_is_recorded_and_an_indexed_one_keeps_its_entry(tmp_p
     assert top_path(settings, new_file, "image") == (new_file, pytest.approx(1.0, abs=1e-4))
     assert top_path(settings, touched, "image") == (touched, pytest.approx(1.0, abs=1e-4))
     assert_consistent(settings.db_dir)
+
+
+def test_sounds_are_spread_among_the_images_each_kind_in_walk_order():
+    """A folder of photos then one of music is decoded mixed, so neither the decoders nor the
+    encoder idle through a whole folder (retrieval/indexing/pipeline.py, `interleaved`)."""
+    from retrieval.indexing.pipeline import interleaved
+    from retrieval.indexing.prepare import Task
+
+    images = [Task(f"/m/photos/{n:02d}.jpg") for n in range(12)]
+    sounds = [Task(f"/m/music/{n}.MP3") for n in range(3)] + [Task("/m/music/z.flac")]
+    order = interleaved(images + sounds)
+    assert sorted(order, key=lambda t: t.path) == sorted(images + sounds, key=lambda t: t.path)
+    assert [t for t in order if t in images] == images and [t for t in order if t in sounds] == sounds
+    positions = [order.index(t) for t in sounds]
+    assert positions[0] <= 2 and positions[-1] >= len(order) - 3  # across the whole run...
+    assert max(b - a for a, b in zip(positions, positions[1:], strict=False)) <= 5  # ...evenly
+    assert interleaved(images) == images and interleaved([]) == []

@@ -202,6 +202,24 @@ def test_a_slow_consumer_gets_every_result_with_bounded_read_ahead(tmp_path, fau
     assert_no_workers_left()
 
 
+def test_a_consumer_that_asks_hears_each_time_it_would_wait(tmp_path, fault_log):
+    """The indexer encodes a partial batch instead of waiting: the pool says when nothing is ready
+    (None), once per wait, and only to a consumer that asked."""
+    names = ["good-0", "slow-1", "good-2", "slow-3"]
+    tasks = [Task(path) for path in write_images(tmp_path / "media", names)]
+    told = list(make_pool(1).run(tasks, report_idle=True))
+    results = [p for p in told if p is not None]
+    assert sorted(Path(p.path).stem for p in results) == sorted(names)
+    assert all(p.status == DECODED for p in results)
+    # One worker, in order: each slow file is waited for, so a None comes right before it.
+    for index, prepared in enumerate(told):
+        if prepared is not None and "slow" in prepared.path:
+            assert told[index - 1] is None, [p and Path(p.path).stem for p in told]
+    assert all(a is not None or b is not None for a, b in zip(told, told[1:], strict=False)), "None twice in a row"
+    assert None not in list(make_pool(1).run(tasks)), "a consumer that did not ask was told"
+    assert_no_workers_left()
+
+
 @pytest.mark.parametrize("how", ["break", "raise"])
 def test_abandoning_the_iteration_stops_every_worker(tmp_path, how):
     names = [f"good-{n:02d}" for n in range(40)]

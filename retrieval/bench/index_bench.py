@@ -116,7 +116,7 @@ def _decode_all(files: list[str], encoder, workers: int) -> tuple[float, list]:
 
         torch.cuda.synchronize(encoder.device)
     seconds = time.perf_counter() - started
-    return seconds, [r for r in results if r.status == DECODED]
+    return seconds, [r for r in results if r is not None and r.status == DECODED]
 
 
 def _encode_all(decoded: list, encoder, batch_size: int) -> float:

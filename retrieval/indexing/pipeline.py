@@ -28,6 +28,7 @@ from retrieval.indexing.walk import walk_roots
 from retrieval.indexing.workers import DecodePool
 from retrieval.media.errors import ErrorClass
 from retrieval.media.limits import MediaLimits
+from retrieval.media.sniff import SOUND_SUFFIXES
 
 if TYPE_CHECKING:
     from retrieval.encoders.model import Encoder
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[int, int], None]  # (files done, files total)
 # Reads and decodes files (skipping contents whose hash is in the set): one result per task, in any
 # order. Local worker processes, or Ray actors that also encode (their results come back ENCODED).
-DecodeStage = Callable[[list[Task], frozenset[str]], Iterator[Prepared]]
+# A stage may also yield None when nothing is ready yet: the indexer encodes what it holds meanwhile.
+DecodeStage = Callable[[list[Task], frozenset[str]], Iterator[Prepared | None]]
 _TRANSIENT = (ErrorClass.PERMISSION, ErrorClass.IO_ERROR)
 
 
@@ -104,6 +106,24 @@ class _Writer:
         self.last_flush = time.monotonic()
 
 
+def interleaved(tasks: list[Task]) -> list[Task]:
+    """The tasks with the sounds spread evenly among the images, each kind in walk order.
+
+    A folder of photos then a folder of music would decode cheap images while the encoder idles,
+    then cheap-to-decode but costly-to-encode sounds while the decoders idle, and leave a queue
+    of sounds to encode after the last one is decoded. Mixed, both stages stay busy throughout.
+    """
+    sound = [os.path.splitext(task.path)[1].lower() in SOUND_SUFFIXES for task in tasks]
+    counts = {True: sum(sound), False: len(tasks) - sum(sound)}
+    seen = {True: 0, False: 0}
+    position = []
+    for is_sound in sound:  # the middle of each task's share of its kind's run
+        position.append((seen[is_sound] + 0.5) / counts[is_sound])
+        seen[is_sound] += 1
+    order = sorted(range(len(tasks)), key=position.__getitem__)
+    return [tasks[index] for index in order]
+
+
 def _under(path: str, directories: list[str]) -> bool:
     return any(path.startswith(d.rstrip("/") + "/") for d in directories)
 
@@ -151,9 +171,13 @@ class _Run:
         done = self.summary.unchanged
         self.progress(done, len(walk.files))
         skip_hashes = frozenset(self.orphans)
+        tasks = interleaved(tasks)
         try:
             while tasks:
                 for prepared in self.decode(tasks, skip_hashes):
+                    if prepared is None:  # the decoders are behind: encode now rather than wait
+                        self.queue.encode_waiting()
+                        continue
                     self.handle(prepared)
                     done += 1
                     self.progress(done - len(self.redo), len(walk.files))
@@ -238,8 +262,8 @@ def local_decode_stage(encoder: Encoder, options: IndexOptions) -> DecodeStage:
     if options.gpu_decode and gpu_jpeg_available(encoder.device):
         return GpuJpegStage(encoder.inputs, options.limits, options.workers, encoder.device)
 
-    def decode(tasks: list[Task], skip_hashes: frozenset[str]) -> Iterator[Prepared]:
-        return DecodePool(options.workers, encoder.inputs, options.limits, skip_hashes).run(tasks)
+    def decode(tasks: list[Task], skip_hashes: frozenset[str]) -> Iterator[Prepared | None]:
+        return DecodePool(options.workers, encoder.inputs, options.limits, skip_hashes).run(tasks, report_idle=True)
 
     return decode
 

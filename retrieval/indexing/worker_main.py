@@ -9,6 +9,7 @@ answered by one result. No torch is imported here.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from multiprocessing.connection import Connection
@@ -28,8 +29,10 @@ def main(fd: int) -> None:
             task = conn.recv()
         except (EOFError, OSError):
             return
-        if task is None:
-            return
+        if task is None:  # a clean stop: skip the interpreter's teardown, which the parent waits for
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         try:
             result = prepare(task, inputs, limits, skip_hashes)
         except Exception as error:  # a decoder bug must cost one file, not the worker

@@ -145,8 +145,11 @@ class DecodePool:
             raise
         return workers
 
-    def run(self, tasks: Iterable[Task]) -> Iterator[Prepared]:
+    def run(self, tasks: Iterable[Task], report_idle: bool = False) -> Iterator[Prepared | None]:
         """Yield one Prepared per task. Stops the workers when exhausted or abandoned (unless kept).
+
+        `report_idle`: also yield None, once, each time no result is ready and the next one must be
+        waited for, so the consumer can use the wait (the indexer encodes a partial batch).
 
         Each call is a fresh run (new queue and stop flag; new workers unless kept), so a pool can
         be run again.
@@ -160,7 +163,12 @@ class DecodePool:
         dispatcher.start()
         try:
             while True:
-                item = self._results.get()
+                try:
+                    item = self._results.get_nowait()
+                except queue.Empty:
+                    if report_idle:
+                        yield None
+                    item = self._results.get()
                 if item is _DONE:
                     break
                 yield item

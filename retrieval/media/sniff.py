@@ -23,6 +23,9 @@ MEDIA_SUFFIXES = frozenset(
     ".psd .wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .aifc .au .wma .mp4 .mov".split()
 )
 
+# Names that promise a sound (the content decides in the end): indexing spreads them among the images.
+SOUND_SUFFIXES = frozenset(".wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .aifc .au .wma".split())
+
 _DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 _REFUSED = {
     b"II*\x00": "TIFF",

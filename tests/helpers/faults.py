@@ -99,6 +99,8 @@ def faulty_prepare(task: Task, inputs, limits, skip_hashes: frozenset) -> Prepar
     if "hang" in name:
         while True:
             time.sleep(3600)
+    if "slow" in name:  # a big file: its result comes late, after the other workers' ones
+        time.sleep(0.4)
     if "boom" in name:
         raise RuntimeError(f"injected fault in {name}")
     if "probe" in name:
