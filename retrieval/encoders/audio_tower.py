@@ -83,7 +83,7 @@ class AudioTower(nn.Module):
         - Only the frames the pooled positions can see: through a 3x3 convolution and a 2x2
           pooling per block, a position after the blocks reads at most `downsample - 1` input
           frames past its own stretch, so the silence padding beyond changes nothing and is not
-          computed (a 1 s clip costs a quarter of its 4 s window). Windows are grouped by that
+          computed (a 1 s clip costs a third of its 4 s window). Windows are grouped by that
           width, shortest first. tests/test_encoders.py checks every length against the plain path.
         """
         step = self.downsample
