@@ -24,10 +24,6 @@ from retrieval.engine import SearchEngine
 from retrieval.settings import ServerSettings, Settings
 
 log = logging.getLogger("xmodal.api")
-# Collection states in which /health answers "degraded": a writer is mid-run ("stale"), a damaged
-# generation is being rebuilt from the store ("degraded"; "rebuilding" when no older one answers
-# meanwhile, "unavailable" if that failed), or a repair could not be saved ("unsaved").
-DEGRADED = ("stale", "degraded", "rebuilding", "unavailable", "unsaved")
 
 
 class Admission:
@@ -112,7 +108,7 @@ class ServerState:
                     log.info("loaded index generation %d (%s)", collection.generation, collection.status.state)
             except Exception:  # noqa: BLE001 - a failed reload keeps serving the loaded generation
                 log.exception("could not load the new index generation; still serving the previous one")
-            if collection.status.state in DEGRADED and collection.status != self._reported:
+            if not collection.status.healthy and collection.status != self._reported:
                 # /health says "degraded" meanwhile; the log says why, once per cause.
                 log.warning("index degraded: %s", collection.status.reason)
             self._reported = collection.status

@@ -43,11 +43,17 @@ ALLOWED_CACHE = 16  # filters whose allowed ids are kept
 
 @dataclass(frozen=True)
 class LoadStatus:
-    """How the indexes were obtained: 'loaded', 'rebuilt', 'stale' (a writer is still working), or while
-    none is in place 'rebuilding' (a deferred rebuild runs) or 'unavailable' (it failed)."""
+    """How the indexes were obtained: 'loaded', 'rebuilt', 'empty'; or, degraded: 'stale' (a writer is
+    still working), 'degraded' (a damaged generation is rebuilt while the old one answers),
+    'unsaved' (a repair could not be saved), or while none is in place 'rebuilding' (a deferred
+    rebuild runs) or 'unavailable' (it failed)."""
 
     state: str
     reason: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in ("loaded", "rebuilt", "empty")
 
 
 def read_encoder_identity(db_dir: Path) -> EncoderIdentity | None:

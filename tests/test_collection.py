@@ -18,7 +18,19 @@ from index.errors import DatabaseLockedError, EncoderMismatchError, StoreError
 from index.lock import LOCK_NAME, WriterLock, is_locked
 from index.manifest import MANIFEST_NAME, EncoderIdentity, load_manifest
 from index.records import MODALITIES
-from tests.helpers.index_data import DIM, ENCODER, file_state, fill, put_audio, put_image, unit_vectors
+from tests.helpers.index_data import (
+    DIM,
+    ENCODER,
+    assert_in_step_with_store,
+    assert_same_results,
+    file_state,
+    fill,
+    put_audio,
+    put_image,
+    saved_collection,
+    search_everything,
+    unit_vectors,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,23 +40,6 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(7)
 
 
-def search_everything(collection: Collection, queries: np.ndarray, k: int = 10) -> dict[str, tuple]:
-    return {modality: collection.search(modality, queries, k) for modality in MODALITIES}
-
-
-def assert_same_results(got: dict[str, tuple], expected: dict[str, tuple]) -> None:
-    for modality in MODALITIES:
-        np.testing.assert_array_equal(got[modality][1], expected[modality][1])
-        np.testing.assert_allclose(got[modality][0], expected[modality][0], rtol=0, atol=1e-6)
-
-
-def assert_in_step_with_store(collection: Collection) -> None:
-    for modality in MODALITIES:
-        faiss_ids = collection.indexes[modality].ids().tolist()
-        assert len(faiss_ids) == len(set(faiss_ids)), f"{modality}: an id is indexed twice"
-        assert set(faiss_ids) == set(collection.store.vector_ids(modality).tolist()), modality
-
-
 def index_files(db_dir: Path) -> list[str]:
     return sorted(p.name for p in (db_dir / INDEX_DIR).iterdir())
 
@@ -52,13 +47,7 @@ def index_files(db_dir: Path) -> list[str]:
 @pytest.fixture
 def saved(tmp_path, rng):
     """A collection with one saved generation, closed; plus the search results it gave."""
-    db_dir = tmp_path / "db"
-    queries = unit_vectors(rng, 5, DIM)
-    with Collection.open(db_dir, ENCODER, writable=True) as collection:
-        fill(collection, rng, "/media")
-        collection.save_generation()
-        results = search_everything(collection, queries)
-    return db_dir, queries, results
+    return tmp_path / "db", *saved_collection(tmp_path / "db", rng)
 
 
 # ---------------------------------------------------------------- encoder identity

@@ -29,30 +29,22 @@ from index.collection import INDEX_DIR, STORE_NAME, Collection
 from index.errors import DatabaseCorruptError, StorageFullError, StoreError
 from index.lock import WriterLock
 from index.manifest import MANIFEST_NAME, load_manifest
-from index.records import MODALITIES
 from tests.helpers.crash_acks import check_saved_generation
-from tests.helpers.index_data import DIM, ENCODER, fill, unit_vectors
+from tests.helpers.index_data import (
+    DIM,
+    ENCODER,
+    assert_in_step_with_store,
+    assert_same_results,
+    fill,
+    saved_collection,
+    search_everything,
+    unit_vectors,
+)
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(11)
-
-
-def results(collection: Collection, queries: np.ndarray, k: int = 10) -> dict:
-    return {modality: collection.search(modality, queries, k) for modality in MODALITIES}
-
-
-def assert_same(got: dict, expected: dict) -> None:
-    for modality in MODALITIES:
-        np.testing.assert_array_equal(got[modality][1], expected[modality][1])
-        np.testing.assert_allclose(got[modality][0], expected[modality][0], atol=1e-6)
-
-
-def assert_in_step(collection: Collection) -> None:
-    for modality in MODALITIES:
-        ids = collection.indexes[modality].ids().tolist()
-        assert len(ids) == len(set(ids)) and set(ids) == set(collection.store.vector_ids(modality).tolist())
 
 
 class FailingDisk:
@@ -77,13 +69,7 @@ class FailingDisk:
 @pytest.fixture
 def saved(tmp_path, rng):
     """A collection directory with generation 1 saved; the queries and the results it gave."""
-    db_dir = tmp_path / "db"
-    queries = unit_vectors(rng, 5, DIM)
-    with Collection.open(db_dir, ENCODER, writable=True) as collection:
-        fill(collection, rng, "/media")
-        collection.save_generation()
-        expected = results(collection, queries)
-    return db_dir, queries, expected
+    return tmp_path / "db", *saved_collection(tmp_path / "db", rng)
 
 
 # ---------------------------------------------------------------- full disk and I/O errors while saving
@@ -111,7 +97,7 @@ def test_a_failed_save_keeps_the_previous_generation_and_searching_goes_on(saved
         check_saved_generation(db_dir)
         assert not list((db_dir / INDEX_DIR).glob(".*.tmp"))
         # The server keeps serving it, and a refresh finds nothing newer to take.
-        assert_same(results(server, queries), expected)
+        assert_same_results(search_everything(server, queries), expected)
         assert server.refresh() is False and server.status.state in ("loaded", "stale")
 
         # Space again: the writer's next save succeeds and the server moves to it.
@@ -120,8 +106,8 @@ def test_a_failed_save_keeps_the_previous_generation_and_searching_goes_on(saved
         check_saved_generation(db_dir)
         assert server.refresh() is True and server.generation == manifest.generation
         assert server.status.state == "loaded"
-        assert_same(results(server, queries), results(writer, queries))
-        assert_in_step(server)
+        assert_same_results(search_everything(server, queries), search_everything(writer, queries))
+        assert_in_step_with_store(server)
 
 
 def test_a_reader_whose_repair_cannot_be_saved_still_searches_and_says_degraded(saved, monkeypatch):
@@ -132,7 +118,7 @@ def test_a_reader_whose_repair_cannot_be_saved_still_searches_and_says_degraded(
     with Collection.open(db_dir, None, writable=False) as server:  # starts: no exception
         assert server.status.state == "unsaved"
         assert "index files unusable" in server.status.reason and "no space left" in server.status.reason
-        assert_same(results(server, queries), expected)  # rebuilt from the store, in memory
+        assert_same_results(search_everything(server, queries), expected)  # rebuilt from the store, in memory
     assert load_manifest(db_dir).generation == 1  # nothing half-written
 
 
@@ -145,7 +131,7 @@ def test_a_damaged_new_generation_is_rebuilt_from_the_store_while_the_old_one_an
         with Collection.open(db_dir, ENCODER, writable=True) as writer:
             fill(writer, rng, "/new", images=5, sounds=2)
             manifest = writer.save_generation()
-            truth = results(writer, queries)
+            truth = search_everything(writer, queries)
         damaged = db_dir / INDEX_DIR / manifest.indexes["audio"].file
         damaged.write_bytes(b"")  # zero length: a disk that lost the file's blocks
 
@@ -154,7 +140,7 @@ def test_a_damaged_new_generation_is_rebuilt_from_the_store_while_the_old_one_an
 
         def watched_rebuild(collection):  # what a /health call during the rebuild would see
             seen["status"] = collection.status
-            seen["old_results"] = results(collection, queries)
+            seen["old_results"] = search_everything(collection, queries)
             real_rebuild(collection)
 
         monkeypatch.setattr(Collection, "rebuild", watched_rebuild)
@@ -162,8 +148,8 @@ def test_a_damaged_new_generation_is_rebuilt_from_the_store_while_the_old_one_an
         assert seen["status"].state == "degraded" and "unusable" in seen["status"].reason
         assert seen["old_results"]["image"][1].shape == (5, 10)  # the old generation answered meanwhile
         assert server.status.state == "rebuilt"
-        assert_same(results(server, queries), truth)
-        assert_in_step(server)
+        assert_same_results(search_everything(server, queries), truth)
+        assert_in_step_with_store(server)
     # No writer was running, so the repair was saved as a newer, whole generation.
     check_saved_generation(db_dir)
     assert load_manifest(db_dir).generation > manifest.generation

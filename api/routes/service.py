@@ -35,10 +35,10 @@ def page() -> FileResponse:
 def health(state: State) -> dict:
     """Liveness and the loaded index generation; needs no key."""
     collection = state.engine.collection
-    state_now = collection.status.state
-    status = "ok" if state_now in ("loaded", "rebuilt", "empty") else "degraded"
-    reason = DEGRADED_REASONS.get(state_now, "see the server log") if status == "degraded" else ""
-    return {"status": status, "generation": collection.generation, "index": state_now, "reason": reason}
+    now = collection.status
+    reason = "" if now.healthy else DEGRADED_REASONS.get(now.state, "see the server log")
+    return {"status": "ok" if now.healthy else "degraded", "generation": collection.generation,
+            "index": now.state, "reason": reason}
 
 
 @router.get("/info", response_model=InfoResponse, responses=error_responses(401, 503))

@@ -116,7 +116,7 @@ class EncodeActor:
                     batcher.add(prepared)
                 else:
                     results.append(prepared)
-            batcher.finish()
+            batcher.encode_held()
         return {"result": np.array([pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results],
                                    dtype=object)}
 

@@ -76,14 +76,10 @@ class EncodeBatcher:
                 vectors += [NewVector(v, "window", start, end) for v, (start, end) in windows]
             self.emit(prepared, vectors)
 
-    def encode_waiting(self) -> None:
-        """Encode what is waiting, full batch or not, because the decoders have nothing ready: time
-        that would be spent waiting goes to encoding, and files held back for a full batch (the
-        last few images before a folder of sounds) are not left for the end of the run, when
-        nothing else would overlap with them."""
-        self.encode_images()
-        self.encode_sounds()
-
-    def finish(self) -> None:
+    def encode_held(self) -> None:
+        """Encode every file held back for a full batch, now: at the end of a run, and whenever the
+        decoders have nothing ready (time that would be spent waiting goes to encoding, and the
+        last few images before a folder of sounds are not left for the end, when nothing else
+        would overlap with them)."""
         self.encode_images()
         self.encode_sounds()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from index.records import FileState, MediaInfo
 from retrieval.encoders.config import ModelInputs
 from retrieval.indexing.prepare import DECODED, Prepared, Task, read_and_hash
-from retrieval.indexing.workers import DecodePool
+from retrieval.indexing.workers import DecodePool, put_unless_stopped, stop_producer
 from retrieval.media.limits import MediaLimits
 
 if TYPE_CHECKING:
@@ -223,6 +223,10 @@ class GpuJpegStage:
         self.device = device
         self.batch_files = batch_files
         self.read_threads = read_threads
+        # torchvision 0.29 points to TorchCodec for decoding; its nvJPEG path still works, and is
+        # what the machines we measure on have. Say it once in the docs, not once per batch.
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                category=DeprecationWarning)
 
     def __call__(self, tasks: list[Task], skip_hashes: frozenset[str]) -> Iterator[Prepared]:
         # Lists of results, a batch or a chunk at a time: a queue hand-off per file would wake the
@@ -238,24 +242,12 @@ class GpuJpegStage:
                     raise item
                 yield from item
         finally:
-            stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    results.get_nowait()
-                except queue.Empty:
-                    pass
-                producer.join(timeout=0.05)
+            stop_producer(results, producer, stop)
 
     def _produce(self, tasks: list[Task], skip_hashes: frozenset[str], results: queue.Queue,
                  stop: threading.Event) -> None:
         def put(item: list[Prepared] | BaseException | object) -> bool:
-            while not stop.is_set():
-                try:
-                    results.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return put_unless_stopped(results, item, stop)
 
         for_pillow: list[Task] = []
         pool = DecodePool(self.workers, self.inputs, self.limits, skip_hashes)
@@ -318,10 +310,6 @@ class GpuJpegStage:
 
         if not batch:
             return []
-        # torchvision 0.29 points to TorchCodec for decoding; its nvJPEG path still works, and is
-        # what the machines we measure on have. Say it once in the docs, not once per batch.
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
         encoded = [torch.frombuffer(bytearray(jpeg.data), dtype=torch.uint8) for jpeg in batch]
         try:
             images = decode_jpeg(encoded, device=self.device, mode=ImageReadMode.RGB)

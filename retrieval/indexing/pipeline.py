@@ -176,7 +176,7 @@ class _Run:
             while tasks:
                 for prepared in self.decode(tasks, skip_hashes):
                     if prepared is None:  # the decoders are behind: encode now rather than wait
-                        self.queue.encode_waiting()
+                        self.queue.encode_held()
                         continue
                     self.handle(prepared)
                     done += 1
@@ -184,7 +184,7 @@ class _Run:
                     self.writer.maybe_flush()
                 done -= len(self.redo)
                 tasks, skip_hashes, self.redo = self.redo, frozenset(), []
-            self.queue.finish()
+            self.queue.encode_held()
             for items in self.orphans.values():  # vanished and not claimed by a rename
                 for item in items:
                     self.writer.add("delete", item.id)

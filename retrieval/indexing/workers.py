@@ -95,6 +95,30 @@ class _Worker:
         self.conn.close()
 
 
+def put_unless_stopped(results: queue.Queue, item, stop: threading.Event) -> bool:
+    """A producer thread's put: wait for room in the bounded queue, unless the consumer stopped
+    listening meanwhile (False)."""
+    while not stop.is_set():
+        try:
+            results.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def stop_producer(results: queue.Queue, producer: threading.Thread, stop: threading.Event) -> None:
+    """The consumer's side: tell the producer to stop and wait for it, emptying the queue it may be
+    blocked on."""
+    stop.set()
+    while producer.is_alive():
+        try:
+            results.get_nowait()
+        except queue.Empty:
+            pass
+        producer.join(timeout=0.05)
+
+
 def _failure(task: Task, message: str) -> Prepared:
     return Prepared(task.path, FAILED, error=MediaError(ErrorClass.CORRUPT, message))
 
@@ -175,13 +199,7 @@ class DecodePool:
             if self._error is not None:
                 raise self._error
         finally:
-            self._stop.set()
-            while dispatcher.is_alive():  # unblock a dispatcher waiting on a full queue
-                try:
-                    self._results.get_nowait()
-                except queue.Empty:
-                    pass
-                dispatcher.join(timeout=0.05)
+            stop_producer(self._results, dispatcher, self._stop)
             if self._kept:  # a worker abandoned mid-file still works on it: replace it
                 for index, worker in enumerate(self._workers):
                     if worker.task is not None:
@@ -192,13 +210,7 @@ class DecodePool:
                 self._workers = []
 
     def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._results.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(self._results, item, self._stop)
 
     def _replace(self, index: int) -> None:
         self._workers[index].stop(force=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from index.manifest import EncoderIdentity
-from index.records import FileState, MediaInfo, NewVector
+from index.records import MODALITIES, FileState, MediaInfo, NewVector
 from index.store import Transaction
 
 DIM = 16
@@ -60,3 +60,34 @@ def fill(collection, rng: np.random.Generator, prefix: str, images: int = 12, so
         for n in range(sounds):
             put_audio(transaction, f"{prefix}/{n:03d}.wav", rng, windows=2)
     collection.apply(transaction.changes)
+
+
+def search_everything(collection, queries: np.ndarray, k: int = 10) -> dict[str, tuple]:
+    """(scores, ids) of every modality's search for `queries`."""
+    return {modality: collection.search(modality, queries, k) for modality in MODALITIES}
+
+
+def assert_same_results(got: dict[str, tuple], expected: dict[str, tuple]) -> None:
+    for modality in MODALITIES:
+        np.testing.assert_array_equal(got[modality][1], expected[modality][1])
+        np.testing.assert_allclose(got[modality][0], expected[modality][0], rtol=0, atol=1e-6)
+
+
+def assert_in_step_with_store(collection) -> None:
+    """Each modality's index holds exactly the store's vectors, each once."""
+    for modality in MODALITIES:
+        faiss_ids = collection.indexes[modality].ids().tolist()
+        assert len(faiss_ids) == len(set(faiss_ids)), f"{modality}: an id is indexed twice"
+        assert set(faiss_ids) == set(collection.store.vector_ids(modality).tolist()), modality
+
+
+def saved_collection(db_dir, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, tuple]]:
+    """Fill a new collection at `db_dir`, save generation 1 and close it: the queries and the
+    results it gave."""
+    from index.collection import Collection
+
+    queries = unit_vectors(rng, 5, DIM)
+    with Collection.open(db_dir, ENCODER, writable=True) as collection:
+        fill(collection, rng, "/media")
+        collection.save_generation()
+        return queries, search_everything(collection, queries)
