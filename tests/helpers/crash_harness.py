@@ -97,7 +97,9 @@ def run_index(entry: str, folder: Path, db: Path, model: Path, kill_after: float
                         raise AssertionError(f"indexing did not finish within {timeout} s")
                     process.send_signal(signal.SIGKILL)
                     process.wait()
-                    killed = True
+                    # A run may end between the poll above and the signal: send_signal polls first
+                    # and then sends nothing, so only a SIGKILL exit status says the kill landed.
+                    killed = process.returncode == -signal.SIGKILL
                     break
                 time.sleep(0.01)
             seconds = time.monotonic() - started
