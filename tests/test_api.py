@@ -385,10 +385,15 @@ def test_concurrent_text_queries_are_batched_and_answered_correctly(client):
     queries = ["a big red circle on grey", "small yellow star, white background", "tiny blue triangle on black",
                "a large green square on a striped background"] * 2
     expected = {q: client.post("/search/text", json={"query": q, "k": 3}).json()["results"] for q in queries}
-    release = threading.Event()
-    blocker = threading.Thread(target=batcher.run, args=(lambda encoder: release.wait(5),))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(encoder) -> None:
+        holding.set()
+        release.wait(60)
+
+    blocker = threading.Thread(target=batcher.run, args=(hold,))
     blocker.start()  # hold the encoder so that the eight queries below queue up together
-    time.sleep(0.1)
+    assert holding.wait(30)
     batches_before, answers = batcher.batches, {}
 
     def ask(number: int, query: str) -> None:
@@ -397,7 +402,9 @@ def test_concurrent_text_queries_are_batched_and_answered_correctly(client):
     askers = [threading.Thread(target=ask, args=(n, q)) for n, q in enumerate(queries)]
     for thread in askers:
         thread.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while batcher._queue.qsize() < len(queries) and time.monotonic() < deadline:  # all of them waiting
+        time.sleep(0.01)
     release.set()
     for thread in askers + [blocker]:
         thread.join(30)

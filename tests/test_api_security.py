@@ -345,8 +345,9 @@ def test_searches_stay_fast_while_generation_is_saturated(server):
     assert statistics.median(refused) < 1.0
     assert set(found["text_codes"]) == {200}  # plain searches are never refused for the drawings' sake
     # Generous, relative to this machine right now: before the drawing queue, searches waited
-    # behind every picture on the encoder's thread (about a second each) or were refused.
-    assert found["loaded"] < 10 * found["unloaded"] + 0.05, (found["loaded"], found["unloaded"])
+    # behind every picture on the encoder's thread (about a second each) or were refused. The
+    # half-second floor keeps a neighbour's load during the loaded half alone from failing it.
+    assert found["loaded"] < max(10 * found["unloaded"] + 0.05, 0.5), (found["loaded"], found["unloaded"])
 
 
 # ------------------------------------------------------------------ the API key

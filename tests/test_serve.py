@@ -122,3 +122,24 @@ def test_chunked_upload_without_length_over_the_limit_is_cut_off(server):
     status, answer = _request(server, "POST", "/search/image", body, {"Content-Type": content_type}, chunked=True)
     assert status == 413 and json.loads(answer)["error"]["code"] == "too_large"
     assert _request(server, "GET", "/health")[0] == 200
+
+
+def test_a_port_taken_while_the_server_starts_is_given_up_for_another(demo_dir, monkeypatch):
+    """`xmodal bench load` and these tests pick a free port, but the server binds it only after
+    loading its model: when something takes it meanwhile, the next port is tried."""
+    import socket
+    import urllib.request
+
+    from retrieval.bench import live_server
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real_free_port = live_server.free_port
+        monkeypatch.setattr(live_server, "free_port", lambda: next(ports, None) or real_free_port())
+        with serve_collection(demo_dir / "db") as url:
+            assert urllib.parse.urlsplit(url).port != taken
+            with urllib.request.urlopen(url + "/health", timeout=30) as response:
+                assert json.loads(response.read())["status"] == "ok"

@@ -166,6 +166,27 @@ def test_a_crash_storm_replaces_every_worker(tmp_path, fault_log):
     assert_no_workers_left()
 
 
+def test_a_result_that_came_while_another_worker_was_replaced_is_not_called_late(tmp_path, monkeypatch):
+    """Replacing a crashed worker starts an interpreter, seconds on a loaded machine. A result that
+    arrived meanwhile, inside its deadline, is a result, though the deadline has passed by the
+    time the dispatcher looks at that worker."""
+    timeout = 4.0
+    names = ["crash-0", "slow-1"]  # worker 0 crashes at once; worker 1 answers after 1.5 s
+    paths = write_images(tmp_path / "media", names)
+    pool = make_pool(2, timeout=timeout)
+    replace = pool._replace
+
+    def slow_replace(index: int) -> None:
+        replace(index)
+        time.sleep(timeout + 1)  # past worker 1's deadline, with its answer waiting
+
+    monkeypatch.setattr(pool, "_replace", slow_replace)
+    results = {Path(p.path).stem: p for p in pool.run([Task(path) for path in paths])}
+    assert results["crash-0"].status == FAILED and "crashed" in results["crash-0"].error.message
+    assert results["slow-1"].status == DECODED, results["slow-1"].error
+    assert_no_workers_left()
+
+
 def test_workers_are_fresh_interpreters_not_forks(tmp_path, monkeypatch):
     # A forked child would inherit this module attribute (and torch's thread pools with it).
     monkeypatch.setattr(faults, "PARENT_MARK", "set-in-the-parent")
@@ -279,7 +300,7 @@ def test_a_pool_runs_again_or_refuses(tmp_path):
 
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
-    consumer.join(timeout=8)  # a healthy second run takes about a second
+    consumer.join(timeout=60)  # a healthy second run takes about a second; a hang never ends
     hung = consumer.is_alive()
     if hung:  # unblock the stuck consumer so that its workers are stopped, then report
         pool._results.put(workers._DONE)

@@ -273,7 +273,9 @@ class DecodePool:
                         if not self._put(result):
                             return
                         continue
-                elif time.monotonic() >= worker.deadline:
+                elif time.monotonic() >= worker.deadline and not worker.conn.poll(0):
+                    # (`ready` may be stale: replacing an earlier worker in this pass can take
+                    # seconds, and a result that arrived meanwhile is read on the next pass.)
                     failed = _failure(worker.task, f"decoding took longer than {timeout:.0f} s; worker stopped")
                 else:
                     continue

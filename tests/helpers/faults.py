@@ -100,7 +100,7 @@ def faulty_prepare(task: Task, inputs, limits, skip_hashes: frozenset) -> Prepar
         while True:
             time.sleep(3600)
     if "slow" in name:  # a big file: its result comes late, after the other workers' ones
-        time.sleep(0.4)
+        time.sleep(1.5)  # long beside a scheduling stall of the consumer, short of the 4 s deadline
     if "boom" in name:
         raise RuntimeError(f"injected fault in {name}")
     if "probe" in name:
