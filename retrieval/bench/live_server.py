@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+_PORT_ATTEMPTS = 3  # servers started, each on a fresh port, while the chosen port is taken
 
 
 def free_port() -> int:
@@ -56,9 +57,6 @@ def serve_collection(db_dir: Path, *extra_args: str, timeout: float = 120.0, env
             _stop(process)
             if log_file is not None:
                 output.close()
-
-
-_PORT_ATTEMPTS = 3
 
 
 def _wait_until_healthy(process: subprocess.Popen, base: str, deadline: float, timeout: float,
