@@ -15,6 +15,7 @@ The pool starts only when the first such file turns up, so a folder of photos ne
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import queue
@@ -246,9 +247,7 @@ class GpuJpegStage:
 
     def _produce(self, tasks: list[Task], skip_hashes: frozenset[str], results: queue.Queue,
                  stop: threading.Event) -> None:
-        def put(item: list[Prepared] | BaseException | object) -> bool:
-            return put_unless_stopped(results, item, stop)
-
+        put = functools.partial(put_unless_stopped, results, stop=stop)
         for_pillow: list[Task] = []
         pool = DecodePool(self.workers, self.inputs, self.limits, skip_hashes)
         starting: Future | None = None

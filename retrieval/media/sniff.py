@@ -18,13 +18,12 @@ HEAD_BYTES = 4096
 IMAGE_FORMATS = ("jpeg", "png", "gif", "webp", "bmp")
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
 
-MEDIA_SUFFIXES = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .apng .gif .webp .bmp .dib .tif .tiff .heic .heif .avif .jp2 .jxl .ico "
-    ".psd .wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .aifc .au .wma .mp4 .mov".split()
-)
-
 # Names that promise a sound (the content decides in the end): indexing spreads them among the images.
 SOUND_SUFFIXES = frozenset(".wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .aifc .au .wma".split())
+MEDIA_SUFFIXES = SOUND_SUFFIXES | frozenset(
+    ".jpg .jpeg .jpe .jfif .png .apng .gif .webp .bmp .dib .tif .tiff .heic .heif .avif .jp2 .jxl .ico "
+    ".psd .mp4 .mov".split()
+)
 
 _DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 _REFUSED = {
