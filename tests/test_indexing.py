@@ -149,6 +149,37 @@ def test_edits_deletions_renames_and_copies(tmp_path, folder, micro_model):
     assert_consistent(settings.db_dir)
 
 
+def test_a_copy_of_content_another_file_just_replaced_gets_that_content_s_vector(tmp_path, micro_model, monkeypatch):
+    """b.png takes a.png's old picture while a.png gets a new one. If a.png's new vector is written
+    before b.png is looked up (in the same transaction), copying a.png's stored vectors to b.png
+    would give b.png the new picture's vector; b.png must be encoded instead."""
+    from retrieval.indexing import pipeline
+    from retrieval.indexing.prepare import prepare_file
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    old, new = (draw_image(np.random.default_rng(seed), 96, 64) for seed in (1, 2))
+    old.save(folder / "a.png")
+    settings = settings_for(tmp_path, micro_model)
+    run_index(settings, [folder])
+    new.save(folder / "a.png")
+    old.save(folder / "b.png")
+
+    def one_at_a_time(encoder, options):  # in walk order, "nothing ready" between files: a.png's put comes first
+        def decode(tasks, skip_hashes):
+            for task in sorted(tasks, key=lambda t: t.path):
+                yield prepare_file(task, encoder.inputs, options.limits, skip_hashes)
+                yield None
+        return decode
+
+    monkeypatch.setattr(pipeline, "local_decode_stage", one_at_a_time)
+    summary = run_index(settings, [folder])
+    assert (summary.new, summary.updated) == (1, 1)
+    for name in ("a.png", "b.png"):
+        assert top_path(settings, str(folder / name), "image") == (str(folder / name), pytest.approx(1.0, abs=1e-4))
+    assert_consistent(settings.db_dir)
+
+
 def test_a_fixed_file_is_retried_and_a_broken_one_leaves_the_index(tmp_path, folder, micro_model):
     manifest = manifest_of(folder)
     settings = settings_for(tmp_path, micro_model)

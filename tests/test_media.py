@@ -574,6 +574,29 @@ def test_read_file_refuses_files_over_the_size_cap(tmp_path):
     assert _prepare(path, MediaLimits(max_file_bytes=size - 1)).error.error_class is ErrorClass.TOO_LARGE
 
 
+@pytest.mark.parametrize("size", [0, 1, 65_536, 65_537, 3_000_001])
+def test_read_file_returns_every_byte(tmp_path, size):
+    path = tmp_path / "any.bin"
+    path.write_bytes(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes())
+    data, info = read_file(str(path), LIMITS)
+    assert data == path.read_bytes() and info.st_size == size
+
+
+def test_a_file_that_grew_after_its_stat_is_read_to_its_end_or_refused_past_the_cap(tmp_path, monkeypatch):
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(bytes(range(256)) * 1000)  # 256,000 bytes, while its stat says 100
+    real_fstat = os.fstat
+
+    def stale_fstat(fd):
+        info = real_fstat(fd)
+        return os.stat_result((*info[:6], 100, *info[7:]))
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    assert read_file(str(path), LIMITS)[0] == path.read_bytes()
+    error = _error_of(lambda: read_file(str(path), MediaLimits(max_file_bytes=200_000)))
+    assert error.error_class is ErrorClass.TOO_LARGE and "grew" in error.message
+
+
 def test_read_file_refuses_a_fifo_without_blocking(tmp_path):
     fifo = tmp_path / "swapped-in.jpg"
     os.mkfifo(fifo)

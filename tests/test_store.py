@@ -228,6 +228,53 @@ def test_ids_of_deleted_items_and_vectors_are_never_handed_out_again(tmp_path, r
     store.close()
 
 
+def store_rows(store: Store) -> tuple[list, list, list]:
+    """Items (without their indexing time), vectors and errors, as other tools would read them."""
+    with raw_connection(store.path) as conn:
+        items = conn.execute("SELECT id, path, modality, format, size, mtime_ns, content_hash, width, height, "
+                             "duration, sample_rate, channels FROM items ORDER BY id").fetchall()
+        vectors = conn.execute("SELECT id, item_id, kind, start, end, embedding FROM vectors ORDER BY id").fetchall()
+        errors = conn.execute("SELECT path FROM errors ORDER BY path").fetchall()
+    return items, vectors, errors
+
+
+@pytest.mark.parametrize("paths", [["/m/c.png", "/m/d.wav", "/m/e.png"],  # new files: inserted together
+                                   ["/m/c.png", "/m/a.png", "/m/d.wav"],  # one replaces an item
+                                   ["/m/c.png", "/m/d.wav", "/m/c.png"]])  # one path twice
+def test_putting_files_together_stores_what_putting_them_one_by_one_does(tmp_path, paths):
+    stores = [Store.open(tmp_path / f"{name}.sqlite3") for name in ("together", "one-by-one")]
+    changes = []
+    for store in stores:
+        rng = np.random.default_rng(3)
+        with store.write() as first:
+            put_image(first, "/m/a.png", rng)
+            last = put_audio(first, "/m/b.wav", rng, windows=2)
+            first.record_error("/m/c.png", "CORRUPT", "was broken before")
+        with store.write() as second:
+            second.delete_items([last])  # the highest ids are gone, and must not come back
+        entries = [(file_state(path, mtime_ns=n), AUDIO if path.endswith(".wav") else IMAGE,
+                    audio_vectors(rng, windows=2) if path.endswith(".wav") else image_vectors(rng))
+                   for n, path in enumerate(paths)]
+        with store.write() as third:
+            if store is stores[0]:
+                third.put_items(entries)
+            else:
+                for entry in entries:
+                    third.put_item(*entry)
+        changes.append(third.changes)
+    together, one_by_one = (store_rows(store) for store in stores)
+    for store in stores:
+        store.close()
+
+    assert together == one_by_one
+    assert changes[0].added_ids == changes[1].added_ids and changes[0].removed_ids == changes[1].removed_ids
+    for modality in ("image", "audio"):
+        np.testing.assert_array_equal(changes[0].added(modality, DIM)[1], changes[1].added(modality, DIM)[1])
+    assert together[2] == []  # /m/c.png indexed: its old error is cleared
+    # a.png had vector 1, b.wav 2-4: ids of the deleted sound are never handed out again
+    assert min(changes[0].added_ids["image"] + changes[0].added_ids["audio"]) > 4
+
+
 def test_resolve_vectors_skips_padding_and_handles_more_ids_than_one_statement_binds(store, rng):
     with store.write() as transaction:
         for n in range(1000):

@@ -22,7 +22,16 @@ from index.records import FileState, ItemRecord, NewVector
 from retrieval.errors import WorkerStartError
 from retrieval.indexing.encode import EncodeBatcher
 from retrieval.indexing.gpu_jpeg import GpuJpegStage, gpu_jpeg_available
-from retrieval.indexing.prepare import ENCODED, FAILED, KNOWN_CONTENT, NOT_MEDIA, SAME_CONTENT, Prepared, Task
+from retrieval.indexing.prepare import (
+    DECODED,
+    ENCODED,
+    FAILED,
+    KNOWN_CONTENT,
+    NOT_MEDIA,
+    SAME_CONTENT,
+    Prepared,
+    Task,
+)
 from retrieval.indexing.summary import IndexSummary
 from retrieval.indexing.walk import walk_roots
 from retrieval.indexing.workers import DecodePool
@@ -39,6 +48,10 @@ ProgressCallback = Callable[[int, int], None]  # (files done, files total)
 # A stage may also yield None when nothing is ready yet: the indexer encodes what it holds meanwhile.
 DecodeStage = Callable[[list[Task], frozenset[str]], Iterator[Prepared | None]]
 _TRANSIENT = (ErrorClass.PERMISSION, ErrorClass.IO_ERROR)
+# Decoded files handled together: one query finds stored copies of all their contents. A query a
+# file cost more than the rest of its handling on a GPU, where the reading threads hold the GIL
+# each time the query gives it up.
+HANDLE_FILES = 64
 
 
 def default_workers() -> int:
@@ -68,12 +81,14 @@ class _Writer:
         self.collection = collection
         self.options = options
         self.pending: list[tuple] = []
-        self.deleted_ids: set[int] = set()
+        # Items whose stored content this run deletes or replaces: never the source of a copy, since
+        # by the time the copy is written their vectors may be another picture's.
+        self.superseded: set[int] = set()
         self.last_flush = self.last_save = time.monotonic()
 
     def add(self, *operation) -> None:
         if operation[0] == "delete":
-            self.deleted_ids.add(operation[1])
+            self.superseded.add(operation[1])
         self.pending.append(operation)
 
     def maybe_flush(self) -> None:
@@ -88,10 +103,15 @@ class _Writer:
         if not self.pending:
             return
         with self.collection.store.write() as transaction:
+            puts: list[tuple] = []  # consecutive puts go to the store together
             for kind, *args in self.pending:
                 if kind == "put":
-                    transaction.put_item(*args)
-                elif kind == "move":
+                    puts.append(tuple(args))
+                    continue
+                if puts:
+                    transaction.put_items(puts)
+                    puts = []
+                if kind == "move":
                     transaction.move_item(*args)
                 elif kind == "copy":
                     transaction.copy_item(*args)
@@ -101,6 +121,8 @@ class _Writer:
                     transaction.record_error(*args)
                 elif kind == "clear_errors":
                     transaction.clear_errors(args[0])
+            if puts:
+                transaction.put_items(puts)
         self.collection.apply(transaction.changes)
         self.pending = []
         self.last_flush = time.monotonic()
@@ -144,6 +166,7 @@ class _Run:
         self.stored: dict[str, ItemRecord] = {}
         self.orphans: dict[str, list[ItemRecord]] = {}
         self.redo: list[Task] = []  # skipped as a rename that did not happen: decode after all
+        self.done = self.total = 0  # files, for the progress callback
 
     def execute(self) -> IndexSummary:
         started = time.monotonic()
@@ -168,21 +191,24 @@ class _Run:
         gone = self.collection.store.error_paths_under(self.roots) - found - set(walk.issues)
         self.writer.add("clear_errors", [p for p in gone if not _under(p, walk.unreadable_dirs)])
 
-        done = self.summary.unchanged
-        self.progress(done, len(walk.files))
+        self.done, self.total = self.summary.unchanged, len(walk.files)
+        self.progress(self.done, self.total)
         skip_hashes = frozenset(self.orphans)
         tasks = interleaved(tasks)
         try:
             while tasks:
+                held: list[Prepared] = []
                 for prepared in self.decode(tasks, skip_hashes):
+                    if prepared is not None:
+                        held.append(prepared)
+                        if len(held) < HANDLE_FILES:
+                            continue
+                    self.handle_all(held)
+                    held = []
                     if prepared is None:  # the decoders are behind: encode now rather than wait
                         self.queue.encode_held()
-                        continue
-                    self.handle(prepared)
-                    done += 1
-                    self.progress(done - len(self.redo), len(walk.files))
-                    self.writer.maybe_flush()
-                done -= len(self.redo)
+                self.handle_all(held)
+                self.done -= len(self.redo)
                 tasks, skip_hashes, self.redo = self.redo, frozenset(), []
             self.queue.encode_held()
             for items in self.orphans.values():  # vanished and not claimed by a rename
@@ -200,7 +226,19 @@ class _Run:
             self.summary.seconds = time.monotonic() - started
         return self.summary
 
-    def handle(self, prepared: Prepared) -> None:
+    def handle_all(self, batch: list[Prepared]) -> None:
+        """Handle decoded files, with one lookup of stored items holding any of their contents."""
+        if not batch:
+            return
+        contents = {p.state.content_hash for p in batch if p.status in (DECODED, ENCODED, KNOWN_CONTENT)}
+        stored = self.collection.store.items_by_hash(contents) if contents else {}
+        for prepared in batch:
+            self.handle(prepared, stored)
+            self.done += 1
+            self.progress(self.done - len(self.redo), self.total)
+            self.writer.maybe_flush()
+
+    def handle(self, prepared: Prepared, stored_contents: dict[str, ItemRecord]) -> None:
         path, existing = prepared.path, self.stored.get(prepared.path)
         if prepared.status == FAILED:
             self.writer.add("error", path, prepared.error.error_class.value, prepared.error.message)
@@ -221,10 +259,11 @@ class _Run:
             self.writer.add("move", existing.id, prepared.state)
             self.summary.unchanged += 1
             return
-        self.place_content(prepared, existing)
+        self.place_content(prepared, existing, stored_contents.get(prepared.state.content_hash))
 
-    def place_content(self, prepared: Prepared, existing: ItemRecord | None) -> None:
-        """New content at a path: a rename of a vanished item, a copy of a stored one, or encode."""
+    def place_content(self, prepared: Prepared, existing: ItemRecord | None, source: ItemRecord | None) -> None:
+        """New content at a path: a rename of a vanished item, a copy of `source` (a stored item with
+        that content, looked up before this batch), or encode."""
         state: FileState = prepared.state
         candidates = self.orphans.get(state.content_hash)
         if candidates:
@@ -237,8 +276,9 @@ class _Run:
             self.writer.add("move", orphan.id, state)
             self.summary.renamed += 1
             return
-        source = self.collection.store.find_item_by_hash(state.content_hash)
-        if source is not None and source.id not in self.writer.deleted_ids:
+        if existing is not None:  # whatever comes next replaces its content
+            self.writer.superseded.add(existing.id)
+        if source is not None and source.id not in self.writer.superseded:
             self.writer.add("copy", source, state)
         elif prepared.status == KNOWN_CONTENT:  # decoding was skipped for a rename that did not happen
             self.redo.append(Task(state.path, existing.content_hash if existing else None))
@@ -274,12 +314,14 @@ def index_paths(
     encoder: Encoder,
     options: IndexOptions | None = None,
     progress: ProgressCallback | None = None,
+    decode: DecodeStage | None = None,
 ) -> IndexSummary:
     """Bring the collection in step with the files under `roots`.
 
     The caller holds the writer lock. Individual bad files never raise: they are recorded in the
     error ledger and the summary. With `options.ray_address`, files are decoded and encoded by Ray
-    actors; everything else (the walk, change detection, the writer) stays here.
+    actors; everything else (the walk, change detection, the writer) stays here. `decode` replaces
+    the local decode stage (a benchmark's).
 
     Raises:
         StorageFullError, StoreError: the store cannot be written.
@@ -287,7 +329,8 @@ def index_paths(
     """
     options = options or IndexOptions()
     if options.ray_address is None:
-        return _Run(roots, collection, encoder, options, progress, local_decode_stage(encoder, options)).execute()
+        stage = decode or local_decode_stage(encoder, options)
+        return _Run(roots, collection, encoder, options, progress, stage).execute()
     from retrieval.indexing.distributed import RayDecodeStage
 
     with RayDecodeStage(options.ray_address, encoder, options) as stage:
