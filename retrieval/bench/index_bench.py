@@ -157,9 +157,10 @@ class _FreeEncoder:
 
 
 def _host_only_stage(encoder, workers: int):
-    """The GPU JPEG stage with its device work (nvJPEG, orientation, resizing) left out."""
+    """The GPU JPEG stage with its device work (nvJPEG, orientation, resizing) left out: the files'
+    bytes are still copied into the tensors nvJPEG would be given."""
     from index.records import MediaInfo
-    from retrieval.indexing.gpu_jpeg import GpuJpegStage
+    from retrieval.indexing.gpu_jpeg import GpuJpegStage, encoded_tensors
     from retrieval.indexing.prepare import DECODED, Prepared
     from retrieval.media.limits import MediaLimits
 
@@ -167,6 +168,7 @@ def _host_only_stage(encoder, workers: int):
 
     class HostOnlyStage(GpuJpegStage):
         def _decode(self, batch, for_pillow):
+            encoded_tensors(batch)  # the host's part of handing the batch to nvJPEG
             return [Prepared(jpeg.task.path, DECODED, jpeg.state,
                              MediaInfo("image", "jpeg", width=jpeg.header.width, height=jpeg.header.height),
                              pixels=placeholder) for jpeg in batch]

@@ -304,12 +304,11 @@ class GpuJpegStage:
 
     def _decode(self, batch: list[_Jpeg], for_pillow: list[Task]) -> list[Prepared]:
         """The batch's pixels, square, on the device; files nvJPEG refuses are added to `for_pillow`."""
-        import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
         if not batch:
             return []
-        encoded = [torch.frombuffer(bytearray(jpeg.data), dtype=torch.uint8) for jpeg in batch]
+        encoded = encoded_tensors(batch)
         try:
             images = decode_jpeg(encoded, device=self.device, mode=ImageReadMode.RGB)
         except RuntimeError:  # one bad file fails the whole batch: find it
@@ -327,6 +326,13 @@ class GpuJpegStage:
         return [Prepared(jpeg.task.path, DECODED, jpeg.state,
                          MediaInfo("image", "jpeg", width=image.shape[-1], height=image.shape[-2]), pixels=pixels)
                 for jpeg, image, pixels in zip(decoded, upright, squares, strict=True)]
+
+
+def encoded_tensors(batch: list[_Jpeg]) -> list[torch.Tensor]:
+    """The files' bytes as the uint8 tensors `decode_jpeg` takes (writable copies: torch asks for them)."""
+    import torch
+
+    return [torch.frombuffer(bytearray(jpeg.data), dtype=torch.uint8) for jpeg in batch]
 
 
 def _canvas_pixels(batch: list[_Jpeg]) -> int:
