@@ -382,9 +382,9 @@ class Transaction:
     def put_items(self, entries: list[tuple[FileState, MediaInfo, list[NewVector]]]) -> None:
         """`put_item` for each entry in turn, with a handful of statements for the lot.
 
-        Four statements a file were most of the indexer's per-file time: on a GPU, where it
-        decodes and encodes thousands of files a second, that time on the interpreter is the
-        bound. Files new to the store are inserted together, with ids taken from the counters
+        Four statements a file were a third of the indexer's per-file time on the interpreter,
+        which bounds indexing on a GPU (thousands of files a second). Files new to the store are
+        inserted together, with ids taken from the counters
         AUTOINCREMENT keeps (the transaction is the only writer, and an id is never reused); a
         file replacing an item at its path, or named twice, takes the one-at-a-time road.
         """
