@@ -33,6 +33,9 @@ _ITEM_COLUMNS = (
     "id, path, modality, format, size, mtime_ns, content_hash, width, height, duration, "
     "sample_rate, channels, indexed_at"
 )
+# What putting a file writes into its item row, besides its path (and its id, when new).
+_CONTENT_COLUMNS = ("modality", "format", "size", "mtime_ns", "content_hash", "width", "height", "duration",
+                    "sample_rate", "channels", "indexed_at")
 _BUSY_TIMEOUT_MS = 10_000
 # SQLite caps bound parameters per statement (32766 since 3.32); stay well below it.
 _MAX_PARAMS = 900
@@ -356,22 +359,17 @@ class Transaction:
     def put_item(self, state: FileState, info: MediaInfo, vectors: list[NewVector]) -> int:
         """Insert the item at `state.path`, or replace its content and vectors if it exists."""
         row = self._conn.execute("SELECT id, modality FROM items WHERE path = ?", (state.path,)).fetchone()
-        fields = (
-            info.modality, info.format, state.size, state.mtime_ns, state.content_hash, info.width,
-            info.height, info.duration, info.sample_rate, info.channels, self._now,
-        )
+        fields = self._content(state, info)
         if row is None:
             item_id = self._conn.execute(
-                "INSERT INTO items (modality, format, size, mtime_ns, content_hash, width, height, duration, "
-                "sample_rate, channels, indexed_at, path) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO items ({', '.join(_CONTENT_COLUMNS)}, path) VALUES ({','.join('?' * (len(fields) + 1))})",
                 (*fields, state.path),
             ).lastrowid
         else:
             item_id, old_modality = row
             self._drop_vectors(item_id, old_modality)
             self._conn.execute(
-                "UPDATE items SET modality=?, format=?, size=?, mtime_ns=?, content_hash=?, width=?, height=?, "
-                "duration=?, sample_rate=?, channels=?, indexed_at=? WHERE id = ?",
+                f"UPDATE items SET {', '.join(f'{column} = ?' for column in _CONTENT_COLUMNS)} WHERE id = ?",
                 (*fields, item_id),
             )
         for vector in vectors:
@@ -401,18 +399,20 @@ class Transaction:
         item_id, vector_id = self._next_id("items"), self._next_id("vectors")
         items, vectors = [], []
         for state, info, new_vectors in entries:
-            items.append((item_id, info.modality, info.format, state.size, state.mtime_ns, state.content_hash,
-                          info.width, info.height, info.duration, info.sample_rate, info.channels, self._now,
-                          state.path))
+            items.append((item_id, *self._content(state, info), state.path))
             for vector in new_vectors:
                 vectors.append((vector_id, item_id, vector.kind, vector.start, vector.end, _blob(vector.embedding)))
                 self.changes.add(info.modality, vector_id, np.asarray(vector.embedding, dtype=np.float32))
                 vector_id += 1
             item_id += 1
-        self._insert_rows("items (id, modality, format, size, mtime_ns, content_hash, width, height, duration, "
-                          "sample_rate, channels, indexed_at, path)", items)
+        self._insert_rows(f"items (id, {', '.join(_CONTENT_COLUMNS)}, path)", items)
         self._insert_rows("vectors (id, item_id, kind, start, end, embedding)", vectors)
         self.clear_errors(paths)
+
+    def _content(self, state: FileState, info: MediaInfo) -> tuple:
+        """The values of `_CONTENT_COLUMNS` for a file put now."""
+        return (info.modality, info.format, state.size, state.mtime_ns, state.content_hash, info.width,
+                info.height, info.duration, info.sample_rate, info.channels, self._now)
 
     def _insert_rows(self, table: str, rows: list[tuple]) -> None:
         """Rows inserted many to a statement. Not `executemany`: it gives up the GIL for every row,
