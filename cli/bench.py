@@ -182,17 +182,21 @@ def bench_fsdd(
 @bench_app.command("api")
 @translate_errors
 def bench_api(
-    db: Path = typer.Option(..., "--db", envvar="XMODAL_DB", help="Collection to serve (e.g. the demo's db folder)."),
+    db: Path | None = typer.Option(None, "--db", envvar="XMODAL_DB", help="Collection to serve; default: one "
+                                   "built for the run like the demo's (--images, --sounds; starter model)."),
     requests: int = typer.Option(400, "--requests", min=10, help="Requests per concurrency level."),
     concurrency: list[int] = typer.Option([1, 8], "--concurrency", "-c", min=1, max=256,
                                           help="Concurrent clients (repeatable)."),
     k: int = typer.Option(10, "-k", min=1, max=1000),
+    images: int = typer.Option(240, "--images", min=8, help="Pictures in the collection built without --db."),
+    sounds: int = typer.Option(120, "--sounds", min=0, help="Sounds in the collection built without --db."),
     json_out: Path | None = JsonOutOption,
 ) -> None:
     """`/search/text` p50/p99 over real HTTP at each concurrency, beside in-process search and `/health`."""
     from retrieval.bench.api_bench import run_api_benchmark
 
-    report = run_api_benchmark(db, requests, tuple(concurrency), k)
+    report = run_api_benchmark(db, requests, tuple(concurrency), k, images, sounds,
+                               say=lambda line: output.stderr.print(line, highlight=False))
     _emit(report, json_out)
 
 
@@ -224,7 +228,8 @@ def bench_load(
 @bench_app.command("generate")
 @translate_errors
 def bench_generate(
-    generator: Path = typer.Option(..., "--generator", help="A generator directory (generator.json + weights)."),
+    generator: Path | None = typer.Option(None, "--generator", help="A generator directory (generator.json + "
+                                          "weights); default: the model's own (MODEL_DIR/generator)."),
     model: str = typer.Option("starter", "--model", "-m", help="The embedding model the generator was trained for."),
     candidates: int = typer.Option(4, "--candidates", min=1, max=16, help="Pictures drawn per query; the best "
                                                                            "by cosine to the query is kept."),
@@ -233,9 +238,9 @@ def bench_generate(
     json_out: Path | None = JsonOutOption,
 ) -> None:
     """Generate for concepts the demo collection lacks, from words and from sounds; judge each picture zero-shot."""
-    from retrieval.bench.generation_bench import run_generation_benchmark
+    from retrieval.bench.generation_bench import own_generator, run_generation_benchmark
 
-    report = run_generation_benchmark(generator, model, candidates, seed, limit)
+    report = run_generation_benchmark(generator or own_generator(model), model, candidates, seed, limit)
     _emit(report, json_out)
 
 

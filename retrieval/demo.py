@@ -125,6 +125,18 @@ def write_collection(media: Path, images: int, sounds: int, seed: int, concepts:
     return written
 
 
+def build_collection(work: Path, images: int, sounds: int, seed: int = 0, concepts: int = 60,
+                     model: str = "starter", workers: int | None = None) -> Path:
+    """`write_collection` into WORK/media, indexed with `model` into WORK/db: that db folder.
+    For the benchmarks that need a collection to serve (`xmodal bench api`, `bench load`)."""
+    from retrieval.compose import run_index
+    from retrieval.settings import Settings
+
+    write_collection(work / "media", images, sounds, seed, concepts)
+    run_index(Settings(db_dir=work / "db", model=model, workers=workers), [work / "media"])
+    return work / "db"
+
+
 def run_demo(out: Path, model: str = "starter", images: int = 240, sounds: int = 120, k: int = 5, seed: int = 0,
              on_stage: Callable[[str], None] | None = None,
              progress: Callable[[int, int], None] | None = None) -> DemoRun:

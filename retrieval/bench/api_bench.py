@@ -16,18 +16,19 @@ import http.client
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
+import tempfile
 import threading
 import time
-import urllib.request
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from retrieval.bench.live_server import serve_collection
 from retrieval.bench.machine import cpu_name
+from retrieval.demo import build_collection
 
 QUERIES = (
     "a big red circle on grey", "small yellow star, white background", "a large green square on stripes",
@@ -86,41 +87,6 @@ def _summarise(name: str, concurrency: int, seconds: list[float], wall: float) -
     millis = np.asarray(seconds) * 1000
     return Latency(name, concurrency, len(millis), float(np.percentile(millis, 50)), float(np.percentile(millis, 99)),
                    float(millis.mean()), len(millis) / wall)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class _Server:
-    """`xmodal serve` in a child process, stopped on exit."""
-
-    def __init__(self, db_dir: Path) -> None:
-        self.port = _free_port()
-        command = [sys.executable, "-m", "cli", "serve", "--db", str(db_dir), "--port", str(self.port),
-                   "--log-level", "warning"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"xmodal serve exited: {self.process.stderr.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("xmodal serve did not start in time")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def _drive(port: int, method: str, path: str, bodies: list[bytes | None],
@@ -183,31 +149,48 @@ def _paired(engine, port: int, bodies: list[bytes], k: int) -> tuple[Latency, La
             _summarise("POST /search/text", 1, remote, sum(remote)))
 
 
-def run_api_benchmark(db_dir: Path, requests: int = 400, concurrency: tuple[int, ...] = (1, 8),
-                      k: int = 10) -> ApiBenchReport:
+def run_api_benchmark(db_dir: Path | None = None, requests: int = 400, concurrency: tuple[int, ...] = (1, 8),
+                      k: int = 10, images: int = 240, sounds: int = 120,
+                      say: Callable[[str], None] = lambda line: None) -> ApiBenchReport:
     """The real server beside an in-process engine over the same collection: concurrency 1
-    alternates the two query by query; higher levels and /health follow."""
+    alternates the two query by query; higher levels and /health follow.
+
+    Args:
+        db_dir: the collection to serve; None: the demo's kind of collection (`images` pictures and
+            `sounds` sounds of 60 concepts, the bundled starter model), built for this run and removed.
+    """
+    with tempfile.TemporaryDirectory(prefix="xmodal-bench-api-") as work:
+        if db_dir is None:
+            say(f"building a collection of {images} images and {sounds} sounds (starter model) in {work}")
+            report = _measure(build_collection(Path(work), images, sounds), Path(work) / "server.log",
+                              requests, concurrency, k)
+            report.db_dir = f"built for the run ({images} images, {sounds} sounds), then removed"
+            return report
+        return _measure(Path(db_dir), Path(work) / "server.log", requests, concurrency, k)
+
+
+def _measure(db_dir: Path, log_file: Path, requests: int, concurrency: tuple[int, ...], k: int) -> ApiBenchReport:
     from retrieval.compose import build_engine, collection_info
     from retrieval.settings import Settings
 
-    details = collection_info(Settings(db_dir=Path(db_dir)))
+    details = collection_info(Settings(db_dir=db_dir))
     report = ApiBenchReport(str(db_dir), details.model, details.items, k, cpu_name(), os.cpu_count() or 1,
                             platform.python_version())
     bodies = [json.dumps({"query": QUERIES[n % len(QUERIES)], "k": k}).encode() for n in range(requests)]
-    engine = build_engine(Settings(db_dir=Path(db_dir)))
-    server = _Server(db_dir)
+    engine = build_engine(Settings(db_dir=db_dir))
     try:
-        server.wait_ready()
-        _paired(engine, server.port, bodies[: min(50, requests)], k)  # warm-up of both
-        report.rows.extend(_paired(engine, server.port, bodies, k))
-        for level in concurrency:
-            if level == 1:
-                continue
-            seconds, wall = _drive(server.port, "POST", "/search/text", bodies, level)
-            report.rows.append(_summarise("POST /search/text", level, seconds, wall))
-        seconds, wall = _drive(server.port, "GET", "/health", [None] * requests, 1)
-        report.rows.append(_summarise("GET /health", 1, seconds, wall))
+        # A log file, not a pipe: a pipe nobody reads would stall a server with things to say.
+        with serve_collection(db_dir, log_file=log_file) as base:
+            port = urllib.parse.urlsplit(base).port
+            _paired(engine, port, bodies[: min(50, requests)], k)  # warm-up of both
+            report.rows.extend(_paired(engine, port, bodies, k))
+            for level in concurrency:
+                if level == 1:
+                    continue
+                seconds, wall = _drive(port, "POST", "/search/text", bodies, level)
+                report.rows.append(_summarise("POST /search/text", level, seconds, wall))
+            seconds, wall = _drive(port, "GET", "/health", [None] * requests, 1)
+            report.rows.append(_summarise("GET /health", 1, seconds, wall))
     finally:
-        server.stop()
         engine.close()
     return report

@@ -115,6 +115,23 @@ def measure_drawing(drawer, vector: np.ndarray, batches=(1, 2, 4, 8, 16, 32), re
     return rows
 
 
+def own_generator(model: str) -> Path:
+    """The generator a model directory carries (MODEL_DIR/generator), as search uses it by default.
+
+    Raises:
+        ModelNotFoundError: the model spec names no directory.
+        GeneratorLoadError: the model has no generator of its own.
+    """
+    from generation.errors import GeneratorLoadError
+    from retrieval.encoders.factory import resolve_model_dir
+
+    folder = resolve_model_dir(model) / "generator"
+    if not (folder / "generator.json").is_file():
+        raise GeneratorLoadError(f"the model {model} has no generator of its own ({folder} holds no "
+                                 f"generator.json): pass --generator DIR")
+    return folder
+
+
 def run_generation_benchmark(generator_dir: Path, model: str = "starter", candidates: int = DEFAULT_CANDIDATES,
                              seed: int = 0, limit: int | None = None) -> GenerationReport:
     """Generate for every absent concept (or the first `limit`), once from words and once from a sound."""

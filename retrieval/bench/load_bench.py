@@ -98,14 +98,11 @@ def run_load_benchmark(work: Path, seconds: float = 180.0, clients: int = 8, ima
                        say=lambda line: None) -> LoadReport:
     """Build a collection in `work`, serve it and load it for `seconds` while indexing `batch` new
     files per round into it; `mix` weighs the kinds of query (default DEFAULT_MIX)."""
-    from retrieval.compose import run_index
-    from retrieval.demo import write_collection
-    from retrieval.settings import Settings
+    from retrieval.demo import build_collection
 
-    media, db = work / "media", work / "db"
+    media = work / "media"
     say(f"building {images} images and {sounds} sounds in {work}")
-    write_collection(media, images=images, sounds=sounds, seed=seed, concepts=12)
-    run_index(Settings(db_dir=db, model="starter", workers=1), [media])
+    db = build_collection(work, images, sounds, seed, concepts=12, workers=1)
     items_before = len(_stored_paths(db, media))
     material = _query_material(media, seed)
     with serve_collection(db, log_file=work / "server.log") as base:
