@@ -25,6 +25,24 @@ def test_bench_api_without_a_collection_builds_one_serves_it_and_cleans_up(tmp_p
     assert not any(tmp_path.glob("xmodal-bench-api-*"))  # the collection built for the run is gone
 
 
+def test_bench_api_serves_a_collection_named_relative_to_where_it_was_run(demo_dir, tmp_path):
+    """The server runs in the package's folder: a relative --db must still name the caller's collection."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    shutil.copytree(demo_dir / "db", tmp_path / "db")
+    out = tmp_path / "api.json"
+    result = subprocess.run([sys.executable, "-m", "cli", "bench", "api", "--db", "db", "--requests", "10",
+                             "-c", "1", "--json", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["items"] == {"image": 240, "audio": 120}
+
+
 def test_bench_generate_defaults_to_the_model_s_own_generator(micro_model, tmp_path):
     from retrieval.bench.generation_bench import own_generator
     from retrieval.encoders.factory import STARTER_DIR

@@ -166,7 +166,8 @@ def run_api_benchmark(db_dir: Path | None = None, requests: int = 400, concurren
                               requests, concurrency, k)
             report.db_dir = f"built for the run ({images} images, {sounds} sounds), then removed"
             return report
-        return _measure(Path(db_dir), Path(work) / "server.log", requests, concurrency, k)
+        # Absolute: the server runs in the package's folder, not the caller's.
+        return _measure(Path(db_dir).absolute(), Path(work) / "server.log", requests, concurrency, k)
 
 
 def _measure(db_dir: Path, log_file: Path, requests: int, concurrency: tuple[int, ...], k: int) -> ApiBenchReport:

@@ -100,6 +100,7 @@ def run_load_benchmark(work: Path, seconds: float = 180.0, clients: int = 8, ima
     files per round into it; `mix` weighs the kinds of query (default DEFAULT_MIX)."""
     from retrieval.demo import build_collection
 
+    work = Path(work).absolute()  # the server and `xmodal index` run in the package's folder, not the caller's
     media = work / "media"
     say(f"building {images} images and {sounds} sounds in {work}")
     db = build_collection(work, images, sounds, seed, concepts=12, workers=1)
