@@ -54,6 +54,15 @@ def _chunks(values: list, size: int = _MAX_PARAMS) -> Iterator[list]:
         yield values[start : start + size]
 
 
+def _execute_in(conn: sqlite3.Connection, sql: str, values: list) -> list[tuple]:
+    """`sql` run once per chunk of `values`, its `{marks}` replaced by that many placeholders (an
+    `IN` list within SQLite's parameter cap): the rows of every chunk, in chunk order."""
+    rows: list[tuple] = []
+    for chunk in _chunks(values):
+        rows.extend(conn.execute(sql.replace("{marks}", ",".join("?" * len(chunk))), chunk))
+    return rows
+
+
 def _translate(error: sqlite3.Error, path: Path) -> Exception:
     text = str(error)
     if isinstance(error, sqlite3.OperationalError) and "full" in text:
@@ -213,13 +222,11 @@ class Store:
         """The first stored item (lowest id) with each of these contents, by hash; absent: none."""
         found: dict[str, ItemRecord] = {}
         with self._reading():
-            for chunk in _chunks(list(content_hashes)):
-                marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
-                    f"SELECT {_ITEM_COLUMNS} FROM items WHERE content_hash IN ({marks}) ORDER BY id", chunk)
-                for row in rows:
-                    item = _item(row)
-                    found.setdefault(item.content_hash, item)
+            rows = _execute_in(self._conn, f"SELECT {_ITEM_COLUMNS} FROM items WHERE content_hash IN ({{marks}}) "
+                                           "ORDER BY id", list(content_hashes))
+        for row in rows:
+            item = _item(row)
+            found.setdefault(item.content_hash, item)
         return found
 
     def get_item(self, item_id: int) -> ItemRecord | None:
@@ -248,10 +255,8 @@ class Store:
             ids = sorted(np.random.default_rng(seed).choice(ids, size, replace=False).tolist())
         blobs = []
         with self._reading():
-            for chunk in _chunks(ids):
-                marks = ",".join("?" * len(chunk))
-                blobs.extend(row[0] for row in self._conn.execute(
-                    f"SELECT embedding FROM vectors WHERE id IN ({marks}) ORDER BY id", chunk))
+            blobs.extend(row[0] for row in _execute_in(
+                self._conn, "SELECT embedding FROM vectors WHERE id IN ({marks}) ORDER BY id", ids))
         if not blobs:
             return np.zeros((0, dim), dtype=np.float32)
         return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
@@ -262,15 +267,10 @@ class Store:
         resolved: dict[int, ResolvedVector] = {}
         columns = ", ".join(f"i.{name.strip()}" for name in _ITEM_COLUMNS.split(","))
         with self._reading():
-            for chunk in _chunks(ids):
-                marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
-                    f"SELECT v.id, v.kind, v.start, v.end, {columns} FROM vectors v "
-                    f"JOIN items i ON i.id = v.item_id WHERE v.id IN ({marks})",
-                    chunk,
-                )
-                for row in rows:
-                    resolved[row[0]] = ResolvedVector(row[0], _item(row[4:]), row[1], row[2], row[3])
+            rows = _execute_in(self._conn, f"SELECT v.id, v.kind, v.start, v.end, {columns} FROM vectors v "
+                                           "JOIN items i ON i.id = v.item_id WHERE v.id IN ({marks})", ids)
+        for row in rows:
+            resolved[row[0]] = ResolvedVector(row[0], _item(row[4:]), row[1], row[2], row[3])
         return resolved
 
     def iter_vectors(self, modality: str, dim: int, chunk_rows: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -387,11 +387,7 @@ class Transaction:
         file replacing an item at its path, or named twice, takes the one-at-a-time road.
         """
         paths = [state.path for state, _, _ in entries]
-        stored: set[str] = set()
-        for chunk in _chunks(paths):
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(f"SELECT path FROM items WHERE path IN ({marks})", chunk)
-            stored.update(row[0] for row in rows)
+        stored = _execute_in(self._conn, "SELECT path FROM items WHERE path IN ({marks})", paths)
         if stored or len(set(paths)) < len(paths):
             for entry in entries:
                 self.put_item(*entry)
@@ -469,8 +465,7 @@ class Transaction:
         )
 
     def clear_errors(self, paths: Iterable[str]) -> None:
-        for chunk in _chunks(list(paths)):
-            self._conn.execute(f"DELETE FROM errors WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+        _execute_in(self._conn, "DELETE FROM errors WHERE path IN ({marks})", list(paths))
 
     def _insert_vector(self, item_id: int, modality: str, vector: NewVector) -> None:
         vector_id = self._conn.execute(
